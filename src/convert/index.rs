@@ -1,0 +1,243 @@
+//! Helm repository index (`index.yaml`): a strict model of Helm's `repo.IndexFile`, parsing with
+//! input budgets, and the mirror rewrite that points every chart URL back at chartbridge.
+//! Pure functions; calls nothing outside `convert`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::chart::{chart_fields, Dependency, Maintainer};
+use crate::error::{Error, Result};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Helm's `repo.IndexFile`. Unknown keys are refused, as Helm's strict parser refuses them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexFile {
+    #[serde(default, rename = "apiVersion")]
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<String>,
+    #[serde(default)]
+    pub entries: BTreeMap<String, Vec<ChartVersion>>,
+    #[serde(default, rename = "publicKeys", skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, rename = "serverInfo", skip_serializing_if = "Option::is_none")]
+    pub server_info: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+chart_fields! {
+    /// One entry of an index: Chart.yaml fields plus where and when.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ChartVersion {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub urls: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub created: Option<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub removed: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub digest: String,
+    }
+}
+
+
+/// Input limits for an upstream index. Indexes are big (Bitnami ~15k entries) but finite.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexLimits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+}
+
+impl Default for IndexLimits {
+    fn default() -> Self {
+        IndexLimits {
+            max_bytes: 128 << 20,
+            max_depth: 24,
+        }
+    }
+}
+
+/// Parses an index. JSON is also YAML, so JSON indexes (Helm >= 3.13 writes them) go through the
+/// same path; they take the fast serde_json route when they look like JSON.
+pub fn parse_index(bytes: &[u8], limits: IndexLimits) -> Result<IndexFile> {
+    if bytes.len() > limits.max_bytes {
+        return Err(Error::upstream_invalid(format!(
+            "index is {} bytes, over the {} byte cap",
+            bytes.len(),
+            limits.max_bytes
+        )));
+    }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        if let Ok(idx) = serde_json::from_slice::<IndexFile>(bytes) {
+            return check(idx);
+        }
+    }
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = limits.max_depth;
+    // Events and nodes scale with the document; bytes are already capped above, so allow a
+    // generous multiple of them but keep the budget finite. Aliases stay tightly bounded: a
+    // real index has none, a billion-laughs one has many.
+    budget.max_events = bytes.len().max(1_000_000);
+    budget.max_nodes = bytes.len().max(250_000);
+    budget.max_total_scalar_bytes = bytes.len().max(1 << 20);
+    budget.max_aliases = 1_000;
+    budget.max_reader_input_bytes = Some(limits.max_bytes);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let idx: IndexFile = serde_saphyr::from_slice_with_options(bytes, options)
+        .map_err(|e| Error::upstream_invalid(format!("index is not a valid Helm index: {e}")))?;
+    check(idx)
+}
+
+fn check(idx: IndexFile) -> Result<IndexFile> {
+    if idx.api_version.is_empty() {
+        return Err(Error::upstream_invalid("index has no apiVersion"));
+    }
+    Ok(idx)
+}
+
+impl IndexFile {
+    /// The versions of one chart, in index order.
+    pub fn versions(&self, chart: &str) -> Option<&[ChartVersion]> {
+        self.entries.get(chart).map(Vec::as_slice)
+    }
+
+    /// One chart version, by the version string as the index spells it.
+    pub fn find(&self, chart: &str, version: &str) -> Option<&ChartVersion> {
+        self.versions(chart)?.iter().find(|v| v.version == version)
+    }
+}
+
+/// The relative URL, inside a mirrored repository, where chartbridge serves a chart archive.
+/// Relative so that the rewritten index is the same bytes whatever Host the client used: Helm
+/// resolves it against the repository URL it was given.
+pub fn archive_path(chart: &str, version: &str) -> String {
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+            .replace("%2E", ".")
+            .replace("%2D", "-")
+            .replace("%5F", "_")
+            .replace("%2B", "+")
+    };
+    let (c, v) = (enc(chart), enc(version));
+    format!("-/{c}/{v}/{c}-{v}.tgz")
+}
+
+/// The mirror rewrite: the same index with every chart's URL list replaced by chartbridge's
+/// archive route. Serialised as YAML that Helm's strict parser accepts.
+pub fn rewrite_index(index: &IndexFile) -> Vec<u8> {
+    let mut out = index.clone();
+    for (name, versions) in out.entries.iter_mut() {
+        for v in versions.iter_mut() {
+            // The entry's own name is what Helm uses; the map key is the same in valid indexes.
+            let chart = if v.name.is_empty() { name.as_str() } else { v.name.as_str() };
+            v.urls = vec![archive_path(chart, &v.version)];
+        }
+    }
+    serde_saphyr::to_string(&out)
+        .expect("serialising an index cannot fail")
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INDEX: &str = r#"apiVersion: v1
+entries:
+  metallb:
+  - apiVersion: v2
+    appVersion: v0.14.8
+    created: "2024-07-22T11:25:35.424530498Z"
+    description: A network load-balancer implementation for Kubernetes using standard routing protocols
+    digest: 6e56f1ba5ce8ef4d2ff3a4dbf2b3b2dba3b6b1d3a9d8c3f5c1d6e2a0b4c7f9e1
+    home: https://metallb.universe.tf
+    name: metallb
+    sources:
+    - https://github.com/metallb/metallb
+    type: application
+    urls:
+    - https://github.com/metallb/metallb/releases/download/metallb-chart-0.14.8/metallb-0.14.8.tgz
+    version: 0.14.8
+    dependencies:
+    - condition: crds.enabled
+      name: crds
+      repository: ""
+      version: 0.14.8
+  - name: metallb
+    version: 1.0
+    urls: [charts/metallb-1.0.tgz]
+generated: "2024-07-22T11:25:35.405163826Z"
+"#;
+
+    #[test]
+    fn parses_a_real_shaped_index() {
+        let idx = parse_index(INDEX.as_bytes(), IndexLimits::default()).unwrap();
+        let vs = idx.versions("metallb").unwrap();
+        assert_eq!(vs.len(), 2);
+        assert_eq!(vs[0].version, "0.14.8");
+        assert_eq!(vs[1].version, "1.0");
+        assert_eq!(vs[0].dependencies[0].condition, "crds.enabled");
+        assert!(idx.find("metallb", "0.14.8").is_some());
+    }
+
+    #[test]
+    fn refuses_unknown_keys_not_yaml_and_oversize() {
+        let bad = INDEX.replace("    type: application\n", "    typo: application\n");
+        let e = parse_index(bad.as_bytes(), IndexLimits::default()).unwrap_err();
+        assert!(e.message().contains("typo"), "{e}");
+        assert!(parse_index(b"<html>hello</html>", IndexLimits::default()).is_err());
+        assert!(parse_index(b"", IndexLimits::default()).is_err());
+        let small = IndexLimits {
+            max_bytes: 100,
+            ..Default::default()
+        };
+        assert!(parse_index(INDEX.as_bytes(), small).is_err());
+    }
+
+    #[test]
+    fn refuses_a_billion_laughs() {
+        let mut y = String::from("apiVersion: v1\nannotations:\n  a0: &a0 \"lol\"\n");
+        for i in 1..12 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(",");
+            y.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+        }
+        assert!(parse_index(y.as_bytes(), IndexLimits::default()).is_err());
+    }
+
+    #[test]
+    fn rewrite_points_urls_at_the_mirror_and_round_trips() {
+        let idx = parse_index(INDEX.as_bytes(), IndexLimits::default()).unwrap();
+        let out = rewrite_index(&idx);
+        let back = parse_index(&out, IndexLimits::default()).unwrap();
+        let vs = back.versions("metallb").unwrap();
+        assert_eq!(vs[0].urls, vec!["-/metallb/0.14.8/metallb-0.14.8.tgz"]);
+        assert_eq!(vs[1].urls, vec!["-/metallb/1.0/metallb-1.0.tgz"]);
+        // everything but the URLs survives
+        let mut expected = idx.clone();
+        for v in expected.entries.get_mut("metallb").unwrap() {
+            v.urls.clear();
+        }
+        let mut got = back.clone();
+        for v in got.entries.get_mut("metallb").unwrap() {
+            v.urls.clear();
+        }
+        assert_eq!(got, expected);
+        // deterministic
+        assert_eq!(rewrite_index(&idx), out);
+    }
+
+    #[test]
+    fn archive_paths_escape_what_a_url_path_cannot_hold() {
+        assert_eq!(archive_path("a", "1.0.0+b.1"), "-/a/1.0.0+b.1/a-1.0.0+b.1.tgz");
+        assert_eq!(archive_path("a b", "1/2"), "-/a%20b/1%2F2/a%20b-1%2F2.tgz");
+    }
+}

@@ -1,0 +1,88 @@
+//! The domain error: a kind (what went wrong, from whose side) and a message for humans.
+//! It carries no HTTP status: `http::error_response` is the one place that maps kinds to
+//! statuses and OCI error codes. Owns `Error`, `Kind`. Calls nothing.
+
+use std::fmt;
+
+/// What went wrong. The variants group by origin: the client's request, the upstream's answer,
+/// or chartbridge itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    // The client asked for something malformed or absent.
+    NameInvalid,
+    NameUnknown,
+    TagInvalid,
+    DigestInvalid,
+    ManifestUnknown,
+    BlobUnknown,
+    /// A route outside the API (plain 404).
+    NotFound,
+    /// A method or operation this read-only mirror does not do (push, delete).
+    Unsupported,
+    /// A malformed request (query, header).
+    BadRequest,
+    RangeNotSatisfiable,
+    // The upstream answered badly.
+    /// The upstream's bytes are wrong: digest mismatch, unparsable index, oversized body.
+    UpstreamInvalid,
+    /// The upstream could not be reached or answered with a server error.
+    UpstreamUnavailable,
+    // chartbridge itself.
+    Internal,
+}
+
+#[derive(Clone, Debug)]
+pub struct Error {
+    kind: Kind,
+    message: String,
+}
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn internal(message: impl Into<String>) -> Error {
+        Error::new(Kind::Internal, message)
+    }
+
+    pub fn upstream_invalid(message: impl Into<String>) -> Error {
+        Error::new(Kind::UpstreamInvalid, message)
+    }
+
+    pub fn upstream_unavailable(message: impl Into<String>) -> Error {
+        Error::new(Kind::UpstreamUnavailable, message)
+    }
+
+    /// Whether the error is the upstream's fault (logged at warn, not error).
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.kind, Kind::UpstreamInvalid | Kind::UpstreamUnavailable)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::internal(format!("I/O error: {e}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

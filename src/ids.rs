@@ -1,0 +1,292 @@
+//! Typed identifiers, parsed once at the edge (route parsing, config loading) so that nothing
+//! below ever splits or validates strings again. Grammar from the distribution spec.
+//! Owns: `Digest`, `RepoName`, `Tag`, `UpstreamName`. Calls nothing.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Kind};
+
+/// A `sha256:<64 hex>` content digest. Only sha256 is accepted: it is what Helm, containerd and
+/// every registry we mirror produce, and it keeps cache keys uniform.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    hex: String,
+}
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest {
+            hex: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+
+    /// Builds a digest from a finished hasher.
+    pub fn from_hasher(h: Sha256) -> Digest {
+        Digest {
+            hex: hex::encode(h.finalize()),
+        }
+    }
+
+    /// Parses the bare hex form used by Helm's index.yaml `digest` field.
+    pub fn from_hex(hex: &str) -> Result<Digest, Error> {
+        if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Digest {
+                hex: hex.to_string(),
+            })
+        } else {
+            Err(Error::new(
+                Kind::DigestInvalid,
+                format!("invalid sha256 hex digest {hex:?}"),
+            ))
+        }
+    }
+
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+}
+
+impl FromStr for Digest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Digest, Error> {
+        match s.split_once(':') {
+            Some(("sha256", hex)) => Digest::from_hex(hex).map_err(|_| {
+                Error::new(Kind::DigestInvalid, format!("invalid digest {s:?}"))
+            }),
+            Some((alg, _)) if !alg.is_empty() && alg.len() < 32 => Err(Error::new(
+                Kind::DigestInvalid,
+                format!("unsupported digest algorithm {alg:?} (only sha256)"),
+            )),
+            _ => Err(Error::new(
+                Kind::DigestInvalid,
+                format!("invalid digest {s:?}"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+/// Longest repository name we accept (distribution caps name + host at 255).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// One path component of a repository name: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+pub fn is_name_component(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if is_alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // a separator run: ".", "_", "__" or "-+", followed by an alphanumeric
+        let start = i;
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < b.len() && b[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < b.len() && b[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        if i == start || i >= b.len() || !is_alnum(b[i]) {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_alnum(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+/// A repository name below an upstream, e.g. `metallb` in `/v2/metallb/metallb/...`, or
+/// `stefanprodan/charts/podinfo` for a nested OCI path.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The last path component: for a Helm chart, the chart's name.
+    pub fn last(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
+
+impl FromStr for RepoName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<RepoName, Error> {
+        if s.is_empty() || s.len() > MAX_NAME_LEN || !s.split('/').all(is_name_component) {
+            return Err(Error::new(
+                Kind::NameInvalid,
+                format!("invalid repository name {s:?}"),
+            ));
+        }
+        Ok(RepoName(s.to_string()))
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Tag(String);
+
+impl Tag {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Tag {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Tag, Error> {
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 128
+            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+            && b[1..]
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Tag(s.to_string()))
+        } else {
+            Err(Error::new(Kind::TagInvalid, format!("invalid tag {s:?}")))
+        }
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A manifest reference: a tag or a digest.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Reference {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+impl FromStr for Reference {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Reference, Error> {
+        if s.contains(':') {
+            s.parse().map(Reference::Digest)
+        } else {
+            s.parse().map(Reference::Tag)
+        }
+    }
+}
+
+/// The configured name of an upstream: one name component, also the first path segment of every
+/// route that reaches it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct UpstreamName(String);
+
+impl UpstreamName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UpstreamName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<UpstreamName, Error> {
+        if s.len() <= 64 && is_name_component(s) {
+            Ok(UpstreamName(s.to_string()))
+        } else {
+            Err(Error::new(
+                Kind::NameInvalid,
+                format!("invalid upstream name {s:?}: use lowercase letters, digits, '.', '_', '-'"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for UpstreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_parsing() {
+        let d: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        assert_eq!(d.hex(), "a".repeat(64));
+        for bad in [
+            "sha256:totallywrong",
+            "sha256:",
+            "sha256",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("sha512:{}", "a".repeat(128)),
+            "",
+        ] {
+            let e = bad.parse::<Digest>().unwrap_err();
+            assert_eq!(e.kind(), Kind::DigestInvalid, "{bad}");
+        }
+        assert_eq!(
+            Digest::of(b"").to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn names_follow_the_spec_grammar() {
+        for ok in ["a", "metallb", "a.b", "a_b", "a__b", "a---b", "a/b/c", "x9/y-z.w"] {
+            assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "..", "a/../b", "a%2fb",
+            "a b", "é",
+        ] {
+            assert!(bad.parse::<RepoName>().is_err(), "{bad}");
+        }
+        assert!("x".repeat(256).parse::<RepoName>().is_err());
+    }
+
+    #[test]
+    fn tags_follow_the_spec_grammar() {
+        for ok in ["latest", "1.2.3", "v1.2.3_build.1", "_x", "A-b.c"] {
+            assert!(ok.parse::<Tag>().is_ok(), "{ok}");
+        }
+        for bad in ["", ".a", "-a", "1.2.3+build", "a/b", &"a".repeat(129)] {
+            assert!(bad.parse::<Tag>().is_err(), "{bad}");
+        }
+    }
+}
