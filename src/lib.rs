@@ -1,3 +1,9 @@
+pub mod cache;
+pub mod config;
 pub mod convert;
 pub mod error;
 pub mod ids;
+pub mod metrics;
+pub mod upstream;
+pub mod http;
+pub mod route;

@@ -1,0 +1,251 @@
+//! The disk tier: content-addressed files at `<dir>/sha256/<hex>`. A write goes to a temp file
+//! under `<dir>/tmp/`, is fsynced and renamed into place, so a final path never holds a partial
+//! or unverified blob; temp files left by a crash are removed at start. Size is bounded by
+//! `cache.max_disk_bytes`: least recently used blobs are evicted first (recency starts from
+//! file modification times, so it survives a restart approximately).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{digest_mismatch, BlobStore};
+use crate::error::{Error, Result};
+use crate::ids::Digest;
+
+struct Entry {
+    size: u64,
+    last_use: u64,
+}
+
+#[derive(Default)]
+struct State {
+    used: u64,
+    clock: u64,
+    entries: HashMap<Digest, Entry>,
+}
+
+pub struct DiskStore {
+    root: PathBuf,
+    max_bytes: u64,
+    state: Mutex<State>,
+}
+
+impl DiskStore {
+    /// Opens (creating) the store under `root`, cleaning temp files and indexing what is there.
+    pub async fn open(root: &Path, max_bytes: u64) -> Result<DiskStore> {
+        let root = root.to_path_buf();
+        let scan_root = root.clone();
+        let state = tokio::task::spawn_blocking(move || scan(&scan_root))
+            .await
+            .map_err(|e| Error::internal(format!("cache scan failed: {e}")))??;
+        Ok(DiskStore {
+            root,
+            max_bytes,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("sha256").join(d.hex())
+    }
+
+    /// Bytes currently stored.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().expect("disk state poisoned").used
+    }
+
+    fn touch(&self, d: &Digest) {
+        let mut st = self.state.lock().expect("disk state poisoned");
+        st.clock += 1;
+        let now = st.clock;
+        if let Some(e) = st.entries.get_mut(d) {
+            e.last_use = now;
+        }
+    }
+
+    /// Records a new blob and picks the least recently used others to evict to fit the budget.
+    fn admit(&self, d: &Digest, size: u64) -> Vec<Digest> {
+        let mut st = self.state.lock().expect("disk state poisoned");
+        st.clock += 1;
+        let now = st.clock;
+        if st.entries.insert(d.clone(), Entry { size, last_use: now }).is_none() {
+            st.used += size;
+        }
+        let mut victims = Vec::new();
+        if st.used > self.max_bytes {
+            let mut by_age: Vec<(u64, Digest, u64)> = st
+                .entries
+                .iter()
+                .filter(|(k, _)| *k != d)
+                .map(|(k, e)| (e.last_use, k.clone(), e.size))
+                .collect();
+            by_age.sort();
+            for (_, k, size) in by_age {
+                if st.used <= self.max_bytes {
+                    break;
+                }
+                st.entries.remove(&k);
+                st.used -= size;
+                victims.push(k);
+            }
+        }
+        victims
+    }
+}
+
+fn scan(root: &Path) -> Result<State> {
+    let tmp = root.join("tmp");
+    let blobs = root.join("sha256");
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&blobs)?;
+    for e in std::fs::read_dir(&tmp)? {
+        let _ = std::fs::remove_file(e?.path());
+    }
+    let mut found: Vec<(SystemTime, Digest, u64)> = Vec::new();
+    for e in std::fs::read_dir(&blobs)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(d) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+            continue;
+        };
+        let meta = e.metadata()?;
+        found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), d, meta.len()));
+    }
+    found.sort();
+    let mut st = State::default();
+    for (_, d, size) in found {
+        st.clock += 1;
+        st.used += size;
+        st.entries.insert(
+            d,
+            Entry {
+                size,
+                last_use: st.clock,
+            },
+        );
+    }
+    Ok(st)
+}
+
+/// Writes `bytes` to `dest` through a fsynced temp file and an atomic rename.
+fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = tempfile_in(tmp_dir)?;
+    tmp.1.write_all(bytes)?;
+    tmp.1.sync_all()?;
+    drop(tmp.1);
+    std::fs::rename(&tmp.0, dest).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp.0);
+    })?;
+    if let Some(parent) = dest.parent() {
+        if let Ok(dir) = std::fs::File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "{}-{}.part",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.join(name);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    Ok((path, f))
+}
+
+pub(super) fn write_file_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic(tmp_dir, dest, bytes)
+}
+
+#[async_trait]
+impl BlobStore for DiskStore {
+    async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
+        let st = self.state.lock().expect("disk state poisoned");
+        Ok(st.entries.get(d).map(|e| e.size))
+    }
+
+    async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
+        if self.stat(d).await?.is_none() {
+            return Ok(None);
+        }
+        match tokio::fs::read(self.blob_path(d)).await {
+            Ok(b) => {
+                self.touch(d);
+                Ok(Some(Bytes::from(b)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
+        if self.stat(d).await?.is_some() {
+            return Ok(());
+        }
+        let (dest, tmp_dir, expected) = (self.blob_path(d), self.root.join("tmp"), d.clone());
+        let data = bytes.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let actual = Digest::of(&data);
+            if actual != expected {
+                return Err(digest_mismatch(&expected, &actual));
+            }
+            write_atomic(&tmp_dir, &dest, &data)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("cache write task failed: {e}")))??;
+        for victim in self.admit(d, bytes.len() as u64) {
+            let _ = tokio::fs::remove_file(self.blob_path(&victim)).await;
+            crate::metrics::evicted();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn evicts_least_recently_used_to_fit_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 25).await.unwrap();
+        let blobs: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 10])).collect();
+        let ds: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
+        store.put(&ds[0], blobs[0].clone()).await.unwrap();
+        store.put(&ds[1], blobs[1].clone()).await.unwrap();
+        store.get(&ds[0]).await.unwrap(); // 0 is now more recent than 1
+        store.put(&ds[2], blobs[2].clone()).await.unwrap();
+        assert!(store.stat(&ds[0]).await.unwrap().is_some());
+        assert!(store.stat(&ds[1]).await.unwrap().is_none());
+        assert!(!dir.path().join("sha256").join(ds[1].hex()).exists());
+        assert_eq!(store.used_bytes(), 20);
+    }
+
+    #[tokio::test]
+    async fn reopening_finds_blobs_and_cleans_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bytes::from_static(b"persisted");
+        let d = Digest::of(&b);
+        {
+            let store = DiskStore::open(dir.path(), 1 << 20).await.unwrap();
+            store.put(&d, b.clone()).await.unwrap();
+        }
+        std::fs::write(dir.path().join("tmp").join("crashed.part"), b"half").unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20).await.unwrap();
+        assert_eq!(store.get(&d).await.unwrap(), Some(b));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

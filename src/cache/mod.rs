@@ -1,0 +1,114 @@
+//! Caching below the views: a small `BlobStore` trait (stat / get / put) with a memory tier
+//! (moka, weighted by bytes) and a content-addressed disk tier, the two-tier `BlobCache` in
+//! front of them, `Flight` (one upstream fetch per key, however many callers), and `RefStore`
+//! (small named pointers to digests, so a restart finds what it built before).
+//! Calls nothing above it; knows nothing of HTTP or upstreams.
+
+mod disk;
+mod flight;
+mod memory;
+mod refs;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use disk::DiskStore;
+pub use flight::Flight;
+pub use memory::MemoryStore;
+pub use refs::RefStore;
+
+use crate::error::{Error, Result};
+use crate::ids::Digest;
+
+/// Content-addressed blob storage. `put` verifies that the bytes hash to the digest and refuses
+/// them otherwise, so no store ever holds a blob under the wrong name.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// The blob's size, if present.
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// The blob's bytes, if present.
+    async fn get(&self, digest: &Digest) -> Result<Option<Bytes>>;
+    /// Stores a blob after checking its digest. Storing a present blob is a no-op.
+    async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
+}
+
+/// The error for bytes that do not hash to the digest they were offered under.
+pub fn digest_mismatch(expected: &Digest, actual: &Digest) -> Error {
+    Error::upstream_invalid(format!(
+        "digest mismatch: expected {expected}, content hashes to {actual}"
+    ))
+}
+
+/// Memory in front of disk: reads promote small blobs into memory, writes go to both.
+pub struct BlobCache {
+    memory: MemoryStore,
+    disk: Arc<dyn BlobStore>,
+}
+
+impl BlobCache {
+    pub fn new(memory: MemoryStore, disk: Arc<dyn BlobStore>) -> BlobCache {
+        BlobCache { memory, disk }
+    }
+
+    pub async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
+        if let Some(n) = self.memory.stat(d).await? {
+            return Ok(Some(n));
+        }
+        self.disk.stat(d).await
+    }
+
+    pub async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
+        if let Some(b) = self.memory.get(d).await? {
+            crate::metrics::cache_lookup("memory", true);
+            return Ok(Some(b));
+        }
+        crate::metrics::cache_lookup("memory", false);
+        let hit = self.disk.get(d).await?;
+        crate::metrics::cache_lookup("disk", hit.is_some());
+        if let Some(b) = &hit {
+            self.memory.insert_verified(d.clone(), b.clone()).await;
+        }
+        Ok(hit)
+    }
+
+    pub async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
+        self.disk.put(d, bytes.clone()).await?;
+        self.memory.insert_verified(d.clone(), bytes).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    //! One conformance test that every `BlobStore` passes.
+    use super::*;
+
+    pub async fn check(store: &dyn BlobStore) {
+        let data = Bytes::from_static(b"hello chart");
+        let d = Digest::of(&data);
+        assert_eq!(store.stat(&d).await.unwrap(), None);
+        assert_eq!(store.get(&d).await.unwrap(), None);
+        store.put(&d, data.clone()).await.unwrap();
+        assert_eq!(store.stat(&d).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(store.get(&d).await.unwrap(), Some(data.clone()));
+        // idempotent
+        store.put(&d, data.clone()).await.unwrap();
+        // wrong bytes under a digest are refused and never stored
+        let other = Digest::of(b"other");
+        assert!(store.put(&other, data.clone()).await.is_err());
+        assert_eq!(store.get(&other).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn memory_store_conforms() {
+        check(&MemoryStore::new(1 << 20)).await;
+    }
+
+    #[tokio::test]
+    async fn disk_store_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        check(&DiskStore::open(dir.path(), 1 << 20).await.unwrap()).await;
+    }
+}

@@ -1,0 +1,295 @@
+//! Configuration in two stages: `RawConfig` is the YAML as written (unknown keys refused, with
+//! their name and line), `Config` is the validated, typed form the rest of the program uses.
+//! Owns parsing of sizes (`10GiB`) and durations (`5m`). Calls nothing but `ids`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::ids::UpstreamName;
+
+/// The configuration used when no file is given: see `config/chartbridge.yaml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/chartbridge.yaml");
+
+/// The file as written. Every field is documented in `config/chartbridge.example.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on. Default `127.0.0.1:5000`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Directory of the disk tier. Default `./chartbridge-data`.
+    pub dir: Option<String>,
+    /// Disk tier budget. Default `10GiB`.
+    pub max_disk_bytes: Option<String>,
+    /// Memory tier budget. Default `256MiB`.
+    pub max_memory_bytes: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest upstream index.yaml accepted. Default `128MiB`.
+    pub max_index_bytes: Option<String>,
+    /// Largest chart archive (or `.prov`) accepted. Default `64MiB`.
+    pub max_chart_bytes: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// First path segment of every route to this upstream.
+    pub name: String,
+    /// `helm`: a legacy HTTP repository with an index.yaml.
+    pub kind: String,
+    /// The repository URL (where `index.yaml` lives).
+    pub url: String,
+    /// How long a fetched index stays fresh. Default `5m`.
+    pub index_ttl: Option<String>,
+}
+
+/// What kind of upstream this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// A legacy Helm HTTP repository (`index.yaml` + archives).
+    Helm,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub name: UpstreamName,
+    pub kind: UpstreamKind,
+    /// The repository URL, always with a trailing `/` so relative chart URLs resolve as Helm
+    /// resolves them.
+    pub url: Url,
+    pub index_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_disk_bytes: u64,
+    pub max_memory_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_index_bytes: u64,
+    pub max_chart_bytes: u64,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cache: CacheConfig,
+    pub limits: Limits,
+    pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    /// Parses and validates a YAML configuration. `origin` names it in error messages.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text)
+            .map_err(|e| err(format!("{origin}: {e}")))?;
+        Config::validate(raw).map_err(|e| err(format!("{origin}: {e}")))
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::from_yaml(EMBEDDED_DEFAULT, "embedded default")
+            .expect("the embedded default configuration is valid (tested)")
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:5000");
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| err(format!("listen: {listen:?} is not an address like 127.0.0.1:5000")))?;
+        let size = |v: &Option<String>, key: &str, default: u64| match v {
+            Some(s) => parse_size(s).map_err(|e| err(format!("{key}: {e}"))),
+            None => Ok(default),
+        };
+        let cache = CacheConfig {
+            dir: PathBuf::from(raw.cache.dir.as_deref().unwrap_or("./chartbridge-data")),
+            max_disk_bytes: size(&raw.cache.max_disk_bytes, "cache.max_disk_bytes", 10 << 30)?,
+            max_memory_bytes: size(&raw.cache.max_memory_bytes, "cache.max_memory_bytes", 256 << 20)?,
+        };
+        let limits = Limits {
+            max_index_bytes: size(&raw.limits.max_index_bytes, "limits.max_index_bytes", 128 << 20)?,
+            max_chart_bytes: size(&raw.limits.max_chart_bytes, "limits.max_chart_bytes", 64 << 20)?,
+        };
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for (i, u) in raw.upstreams.into_iter().enumerate() {
+            let at = format!("upstreams[{i}]");
+            let name: UpstreamName = u
+                .name
+                .parse()
+                .map_err(|e: crate::error::Error| err(format!("{at}.name: {e}")))?;
+            if upstreams.iter().any(|x| x.name == name) {
+                return Err(err(format!("{at}.name: {name:?} is configured twice")));
+            }
+            if name.as_str() == "v2" || name.as_str() == "metrics" || name.as_str().starts_with('_') {
+                return Err(err(format!("{at}.name: {name:?} is reserved")));
+            }
+            let kind = match u.kind.as_str() {
+                "helm" => UpstreamKind::Helm,
+                other => {
+                    return Err(err(format!(
+                        "{at}.kind: unknown kind {other:?} (supported: helm)"
+                    )))
+                }
+            };
+            let mut url = Url::parse(&u.url)
+                .map_err(|e| err(format!("{at}.url: {:?} is not a URL: {e}", u.url)))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(err(format!("{at}.url: {:?} must be an http(s) URL", u.url)));
+            }
+            if !url.path().ends_with('/') {
+                let p = format!("{}/", url.path());
+                url.set_path(&p);
+            }
+            let index_ttl = match &u.index_ttl {
+                Some(s) => parse_duration(s).map_err(|e| err(format!("{at}.index_ttl: {e}")))?,
+                None => Duration::from_secs(300),
+            };
+            upstreams.push(Upstream {
+                name,
+                kind,
+                url,
+                index_ttl,
+            });
+        }
+        Ok(Config {
+            listen,
+            cache,
+            limits,
+            upstreams,
+        })
+    }
+
+    pub fn upstream(&self, name: &UpstreamName) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| &u.name == name)
+    }
+}
+
+/// Parses `10GiB`, `256MiB`, `64KiB`, `1GB`, `512` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 10GiB or 256MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(format!("{s:?}: unknown unit (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `300ms`, `30s`, `5m`, `1h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 5m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return Err(format!("{s:?}: unknown unit (use ms, s, m, h, d)")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_and_example_are_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert!(c.upstreams.iter().any(|u| u.name.as_str() == "metallb"));
+        assert!(c.upstreams.iter().any(|u| u.name.as_str() == "ingress-nginx"));
+        let example = include_str!("../config/chartbridge.example.yaml");
+        let c = Config::from_yaml(example, "example").unwrap();
+        assert_eq!(c.cache.max_disk_bytes, 10 << 30);
+        assert_eq!(c.upstreams[0].url.as_str(), "https://metallb.github.io/metallb/");
+        assert_eq!(c.upstreams[0].index_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let e = Config::from_yaml("listen: 127.0.0.1:1\ncache:\n  dirr: /x\n", "f.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dirr"), "{e}");
+        assert!(e.contains('3'), "line number missing: {e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let up = |extra: &str| {
+            format!("upstreams:\n  - name: a\n    kind: helm\n    url: https://x.io\n{extra}")
+        };
+        for (yaml, needle) in [
+            (up("    index_ttl: 5 minutes\n"), "index_ttl"),
+            (up("").replace("helm", "svn"), "unknown kind"),
+            (up("").replace("https://x.io", "ftp://x.io"), "http(s)"),
+            (up("").replace("name: a", "name: A"), "name"),
+            ("cache:\n  max_disk_bytes: 10 GB please\n".into(), "max_disk_bytes"),
+            ("listen: nowhere\n".into(), "listen"),
+            (format!("{}  - name: a\n    kind: helm\n    url: https://y.io\n", up("")), "twice"),
+        ] {
+            let e = Config::from_yaml(&yaml, "t").unwrap_err().to_string();
+            assert!(e.contains(needle), "{yaml} -> {e}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert!(parse_size("99999999999TiB").is_err());
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5").is_err());
+    }
+}

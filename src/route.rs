@@ -1,0 +1,269 @@
+//! The edge: method + raw path + query -> a typed `Route`. Every identifier is validated here
+//! (names, tags, digests by the distribution grammar; mirror path segments decoded and checked
+//! for traversal), so nothing below ever splits a string. Calls only `ids`.
+
+use std::str::FromStr;
+
+use crate::error::{Error, Kind, Result};
+use crate::ids::{Digest, Reference, RepoName, UpstreamName};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Route {
+    /// `GET /v2/`: the API version check.
+    ApiBase,
+    /// `/v2/<upstream>/<repo>/...`
+    Oci {
+        upstream: UpstreamName,
+        /// The repository below the upstream (for a helm upstream: the chart name).
+        repo: RepoName,
+        op: OciOp,
+    },
+    /// `GET /<upstream>/index.yaml`
+    MirrorIndex { upstream: UpstreamName },
+    /// `GET /<upstream>/-/<chart>/<version>/<file>` (`.tgz` or `.tgz.prov`)
+    MirrorArchive {
+        upstream: UpstreamName,
+        chart: String,
+        version: String,
+        prov: bool,
+    },
+    Metrics,
+    Healthz,
+    Readyz,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OciOp {
+    Tags { n: Option<usize>, last: Option<String> },
+    Manifest(Reference),
+    Blob(Digest),
+}
+
+impl Route {
+    /// A bounded name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::ApiBase => "base",
+            Route::Oci { op: OciOp::Tags { .. }, .. } => "tags",
+            Route::Oci { op: OciOp::Manifest(_), .. } => "manifest",
+            Route::Oci { op: OciOp::Blob(_), .. } => "blob",
+            Route::MirrorIndex { .. } => "index",
+            Route::MirrorArchive { .. } => "archive",
+            Route::Metrics => "metrics",
+            Route::Healthz | Route::Readyz => "health",
+        }
+    }
+}
+
+/// Longest path we consider.
+const MAX_PATH: usize = 2048;
+
+/// Whether a path is on the OCI API (errors there are OCI JSON).
+pub fn is_oci_path(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
+pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<Route> {
+    if path.len() > MAX_PATH {
+        return Err(Error::new(Kind::BadRequest, "path too long"));
+    }
+    let read = method == "GET" || method == "HEAD";
+    if is_oci_path(path) {
+        if !read {
+            return Err(Error::new(
+                Kind::Unsupported,
+                format!("{method} is not supported: chartbridge is a read-only mirror"),
+            ));
+        }
+        return parse_oci(path, query);
+    }
+    if !read {
+        return Err(Error::new(Kind::Unsupported, format!("{method} is not supported")));
+    }
+    match path {
+        "/metrics" => return Ok(Route::Metrics),
+        "/healthz" => return Ok(Route::Healthz),
+        "/readyz" => return Ok(Route::Readyz),
+        _ => {}
+    }
+    parse_mirror(path)
+}
+
+fn parse_oci(path: &str, query: Option<&str>) -> Result<Route> {
+    let rest = path.strip_prefix("/v2").unwrap_or(path);
+    if rest.is_empty() || rest == "/" {
+        return Ok(Route::ApiBase);
+    }
+    let rest = &rest[1..];
+    let not_found = || Error::new(Kind::NotFound, format!("no such API endpoint: {path}"));
+    let (name, op) = if let Some(name) = rest.strip_suffix("/tags/list") {
+        let mut n = None;
+        let mut last = None;
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "n" => {
+                    n = Some(v.parse::<usize>().map_err(|_| {
+                        Error::new(Kind::BadRequest, format!("invalid page size n={v:?}"))
+                    })?)
+                }
+                "last" => last = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        (name, OciOp::Tags { n, last })
+    } else {
+        let (head, reference) = rest.rsplit_once('/').ok_or_else(not_found)?;
+        if let Some(name) = head.strip_suffix("/manifests") {
+            (name, OciOp::Manifest(Reference::from_str(reference)?))
+        } else if let Some(name) = head.strip_suffix("/blobs") {
+            (name, OciOp::Blob(Digest::from_str(reference)?))
+        } else {
+            return Err(not_found());
+        }
+    };
+    let (upstream, repo) = name.split_once('/').ok_or_else(|| {
+        Error::new(
+            Kind::NameInvalid,
+            format!("repository name {name:?} needs an upstream prefix: <upstream>/<name>"),
+        )
+    })?;
+    // Validate the whole name by the grammar, then its parts.
+    RepoName::from_str(name)?;
+    Ok(Route::Oci {
+        upstream: upstream.parse()?,
+        repo: repo.parse()?,
+        op,
+    })
+}
+
+/// Splits a mirror path into decoded segments, refusing traversal and encoded separators.
+fn segments(path: &str) -> Result<Vec<String>> {
+    let bad = |why: &str| Error::new(Kind::BadRequest, format!("invalid path {path:?}: {why}"));
+    let inner = path.strip_prefix('/').ok_or_else(|| bad("must start with /"))?;
+    inner
+        .split('/')
+        .map(|seg| {
+            let s = percent_encoding::percent_decode_str(seg)
+                .decode_utf8()
+                .map_err(|_| bad("not UTF-8"))?;
+            if s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) {
+                return Err(bad("empty, dot or encoded-separator segment"));
+            }
+            Ok(s.into_owned())
+        })
+        .collect()
+}
+
+fn parse_mirror(path: &str) -> Result<Route> {
+    let segs = segments(path)?;
+    let not_found = || Error::new(Kind::NotFound, format!("nothing here: {path}"));
+    match segs.as_slice() {
+        [up, file] if file == "index.yaml" => Ok(Route::MirrorIndex {
+            upstream: up.parse()?,
+        }),
+        [up, dash, chart, version, file] if dash == "-" => {
+            let stem = format!("{chart}-{version}.tgz");
+            let prov = if *file == stem {
+                false
+            } else if *file == format!("{stem}.prov") {
+                true
+            } else {
+                return Err(not_found());
+            };
+            Ok(Route::MirrorArchive {
+                upstream: up.parse()?,
+                chart: chart.clone(),
+                version: version.clone(),
+                prov,
+            })
+        }
+        _ => Err(not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oci(path: &str) -> Result<Route> {
+        parse("GET", path, None)
+    }
+
+    #[test]
+    fn oci_routes() {
+        assert_eq!(oci("/v2/").unwrap(), Route::ApiBase);
+        assert_eq!(oci("/v2").unwrap(), Route::ApiBase);
+        let r = oci("/v2/metallb/metallb/manifests/0.14.8").unwrap();
+        assert_eq!(r.kind(), "manifest");
+        match r {
+            Route::Oci { upstream, repo, op: OciOp::Manifest(Reference::Tag(t)) } => {
+                assert_eq!((upstream.as_str(), repo.as_str(), t.as_str()), ("metallb", "metallb", "0.14.8"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // a repository may itself be called "manifests"
+        let r = oci("/v2/up/manifests/manifests/v1").unwrap();
+        assert!(matches!(r, Route::Oci { repo, .. } if repo.as_str() == "manifests"));
+        let d = format!("sha256:{}", "0".repeat(64));
+        assert_eq!(oci(&format!("/v2/a/b/c/blobs/{d}")).unwrap().kind(), "blob");
+        let r = parse("GET", "/v2/a/b/tags/list", Some("n=2&last=1.0.0")).unwrap();
+        assert_eq!(
+            r,
+            Route::Oci {
+                upstream: "a".parse().unwrap(),
+                repo: "b".parse().unwrap(),
+                op: OciOp::Tags { n: Some(2), last: Some("1.0.0".into()) }
+            }
+        );
+    }
+
+    #[test]
+    fn bad_oci_input_gets_the_right_kind() {
+        let kind = |p: &str| oci(p).unwrap_err().kind();
+        assert_eq!(kind("/v2/a/b/manifests/sha256:totallywrong"), Kind::DigestInvalid);
+        assert_eq!(kind("/v2/a/b/blobs/notadigest"), Kind::DigestInvalid);
+        assert_eq!(kind("/v2/a/B/manifests/1"), Kind::NameInvalid);
+        assert_eq!(kind("/v2/a/../b/manifests/1"), Kind::NameInvalid);
+        assert_eq!(kind("/v2/a%2fb/c/manifests/1"), Kind::NameInvalid);
+        assert_eq!(kind("/v2/onlyupstream/manifests/1"), Kind::NameInvalid);
+        assert_eq!(kind("/v2/a/b/manifests/bad+tag"), Kind::TagInvalid);
+        assert_eq!(kind("/v2/a/b/whatever"), Kind::NotFound);
+        assert_eq!(
+            parse("POST", "/v2/a/b/blobs/uploads/", None).unwrap_err().kind(),
+            Kind::Unsupported
+        );
+        assert_eq!(
+            parse("GET", "/v2/a/b/tags/list", Some("n=x")).unwrap_err().kind(),
+            Kind::BadRequest
+        );
+    }
+
+    #[test]
+    fn mirror_routes() {
+        assert_eq!(
+            parse("GET", "/metallb/index.yaml", None).unwrap(),
+            Route::MirrorIndex { upstream: "metallb".parse().unwrap() }
+        );
+        assert_eq!(
+            parse("GET", "/m/-/metallb/1.0.0%2Bb/metallb-1.0.0+b.tgz.prov", None).unwrap(),
+            Route::MirrorArchive {
+                upstream: "m".parse().unwrap(),
+                chart: "metallb".into(),
+                version: "1.0.0+b".into(),
+                prov: true
+            }
+        );
+        for bad in [
+            "/m/-/a/1/b-1.tgz",
+            "/m/-/../1/..-1.tgz",
+            "/m/-/a%2f/1/a%2f-1.tgz",
+            "/m//index.yaml",
+            "/m/x/index.yaml/",
+            "/",
+        ] {
+            assert!(parse("GET", bad, None).is_err(), "{bad}");
+        }
+        assert_eq!(parse("GET", "/metrics", None).unwrap(), Route::Metrics);
+        assert_eq!(parse("DELETE", "/m/index.yaml", None).unwrap_err().kind(), Kind::Unsupported);
+    }
+}
