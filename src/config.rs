@@ -86,7 +86,7 @@ pub struct CacheConfig {
     pub max_memory_bytes: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_index_bytes: u64,
     pub max_chart_bytes: u64,
@@ -112,8 +112,8 @@ fn err(msg: impl Into<String>) -> ConfigError {
 impl Config {
     /// Parses and validates a YAML configuration. `origin` names it in error messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_saphyr::from_str(text)
-            .map_err(|e| err(format!("{origin}: {e}")))?;
+        let raw: RawConfig =
+            serde_saphyr::from_str(text).map_err(|e| err(format!("{origin}: {e}")))?;
         Config::validate(raw).map_err(|e| err(format!("{origin}: {e}")))
     }
 
@@ -125,9 +125,11 @@ impl Config {
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:5000");
-        let listen: SocketAddr = listen
-            .parse()
-            .map_err(|_| err(format!("listen: {listen:?} is not an address like 127.0.0.1:5000")))?;
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            err(format!(
+                "listen: {listen:?} is not an address like 127.0.0.1:5000"
+            ))
+        })?;
         let size = |v: &Option<String>, key: &str, default: u64| match v {
             Some(s) => parse_size(s).map_err(|e| err(format!("{key}: {e}"))),
             None => Ok(default),
@@ -135,11 +137,23 @@ impl Config {
         let cache = CacheConfig {
             dir: PathBuf::from(raw.cache.dir.as_deref().unwrap_or("./chartbridge-data")),
             max_disk_bytes: size(&raw.cache.max_disk_bytes, "cache.max_disk_bytes", 10 << 30)?,
-            max_memory_bytes: size(&raw.cache.max_memory_bytes, "cache.max_memory_bytes", 256 << 20)?,
+            max_memory_bytes: size(
+                &raw.cache.max_memory_bytes,
+                "cache.max_memory_bytes",
+                256 << 20,
+            )?,
         };
         let limits = Limits {
-            max_index_bytes: size(&raw.limits.max_index_bytes, "limits.max_index_bytes", 128 << 20)?,
-            max_chart_bytes: size(&raw.limits.max_chart_bytes, "limits.max_chart_bytes", 64 << 20)?,
+            max_index_bytes: size(
+                &raw.limits.max_index_bytes,
+                "limits.max_index_bytes",
+                128 << 20,
+            )?,
+            max_chart_bytes: size(
+                &raw.limits.max_chart_bytes,
+                "limits.max_chart_bytes",
+                64 << 20,
+            )?,
         };
         let mut upstreams: Vec<Upstream> = Vec::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {
@@ -151,7 +165,8 @@ impl Config {
             if upstreams.iter().any(|x| x.name == name) {
                 return Err(err(format!("{at}.name: {name:?} is configured twice")));
             }
-            if name.as_str() == "v2" || name.as_str() == "metrics" || name.as_str().starts_with('_') {
+            if name.as_str() == "v2" || name.as_str() == "metrics" || name.as_str().starts_with('_')
+            {
                 return Err(err(format!("{at}.name: {name:?} is reserved")));
             }
             let kind = match u.kind.as_str() {
@@ -213,9 +228,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        _ => return Err(format!("{s:?}: unknown unit (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses `300ms`, `30s`, `5m`, `1h`, `1d`.
@@ -246,11 +266,17 @@ mod tests {
         let c = Config::embedded_default();
         assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
         assert!(c.upstreams.iter().any(|u| u.name.as_str() == "metallb"));
-        assert!(c.upstreams.iter().any(|u| u.name.as_str() == "ingress-nginx"));
+        assert!(c
+            .upstreams
+            .iter()
+            .any(|u| u.name.as_str() == "ingress-nginx"));
         let example = include_str!("../config/chartbridge.example.yaml");
         let c = Config::from_yaml(example, "example").unwrap();
         assert_eq!(c.cache.max_disk_bytes, 10 << 30);
-        assert_eq!(c.upstreams[0].url.as_str(), "https://metallb.github.io/metallb/");
+        assert_eq!(
+            c.upstreams[0].url.as_str(),
+            "https://metallb.github.io/metallb/"
+        );
         assert_eq!(c.upstreams[0].index_ttl, Duration::from_secs(300));
     }
 
@@ -273,9 +299,18 @@ mod tests {
             (up("").replace("helm", "svn"), "unknown kind"),
             (up("").replace("https://x.io", "ftp://x.io"), "http(s)"),
             (up("").replace("name: a", "name: A"), "name"),
-            ("cache:\n  max_disk_bytes: 10 GB please\n".into(), "max_disk_bytes"),
+            (
+                "cache:\n  max_disk_bytes: 10 GB please\n".into(),
+                "max_disk_bytes",
+            ),
             ("listen: nowhere\n".into(), "listen"),
-            (format!("{}  - name: a\n    kind: helm\n    url: https://y.io\n", up("")), "twice"),
+            (
+                format!(
+                    "{}  - name: a\n    kind: helm\n    url: https://y.io\n",
+                    up("")
+                ),
+                "twice",
+            ),
         ] {
             let e = Config::from_yaml(&yaml, "t").unwrap_err().to_string();
             assert!(e.contains(needle), "{yaml} -> {e}");

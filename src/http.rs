@@ -161,11 +161,12 @@ pub fn blob_response(
         RangeReq::Full => resp.with_body(content_type, bytes, req.is_head()),
         RangeReq::Part(s, e) => {
             resp.status = 206;
-            resp.header("Content-Range", format!("bytes {s}-{e}/{len}")).with_body(
-                content_type,
-                bytes.slice(s as usize..=e as usize),
-                req.is_head(),
-            )
+            resp.header("Content-Range", format!("bytes {s}-{e}/{len}"))
+                .with_body(
+                    content_type,
+                    bytes.slice(s as usize..=e as usize),
+                    req.is_head(),
+                )
         }
         RangeReq::Unsatisfiable => {
             let mut r = error_response(
@@ -201,7 +202,12 @@ mod tests {
             method: "HEAD".into(),
             ..Default::default()
         };
-        let r = blob_response(&req, "application/octet-stream", Bytes::from_static(b"abc"), None);
+        let r = blob_response(
+            &req,
+            "application/octet-stream",
+            Bytes::from_static(b"abc"),
+            None,
+        );
         assert_eq!(r.get_header("content-length"), Some("3"));
         assert!(r.body.is_empty());
     }

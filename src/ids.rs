@@ -54,9 +54,8 @@ impl FromStr for Digest {
     type Err = Error;
     fn from_str(s: &str) -> Result<Digest, Error> {
         match s.split_once(':') {
-            Some(("sha256", hex)) => Digest::from_hex(hex).map_err(|_| {
-                Error::new(Kind::DigestInvalid, format!("invalid digest {s:?}"))
-            }),
+            Some(("sha256", hex)) => Digest::from_hex(hex)
+                .map_err(|_| Error::new(Kind::DigestInvalid, format!("invalid digest {s:?}"))),
             Some((alg, _)) if !alg.is_empty() && alg.len() < 32 => Err(Error::new(
                 Kind::DigestInvalid,
                 format!("unsupported digest algorithm {alg:?} (only sha256)"),
@@ -229,7 +228,9 @@ impl FromStr for UpstreamName {
         } else {
             Err(Error::new(
                 Kind::NameInvalid,
-                format!("invalid upstream name {s:?}: use lowercase letters, digits, '.', '_', '-'"),
+                format!(
+                    "invalid upstream name {s:?}: use lowercase letters, digits, '.', '_', '-'"
+                ),
             ))
         }
     }
@@ -268,7 +269,9 @@ mod tests {
 
     #[test]
     fn names_follow_the_spec_grammar() {
-        for ok in ["a", "metallb", "a.b", "a_b", "a__b", "a---b", "a/b/c", "x9/y-z.w"] {
+        for ok in [
+            "a", "metallb", "a.b", "a_b", "a__b", "a---b", "a/b/c", "x9/y-z.w",
+        ] {
             assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
         }
         for bad in [

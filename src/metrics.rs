@@ -55,12 +55,36 @@ fn metrics() -> &'static Metrics {
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests served", m.requests.clone());
-        registry.register("http_response_bytes", "Response body bytes sent", m.response_bytes.clone());
-        registry.register("cache_lookups", "Cache lookups by tier and outcome", m.cache.clone());
-        registry.register("upstream_requests", "Requests sent to upstreams", m.upstream.clone());
-        registry.register("singleflight_joins", "Requests that joined an in-flight fetch", m.flight_joins.clone());
-        registry.register("cache_evictions", "Blobs evicted from the disk tier", m.evictions.clone());
-        registry.register("latest_synthesized", "Resolutions of a synthesised latest tag", m.latest.clone());
+        registry.register(
+            "http_response_bytes",
+            "Response body bytes sent",
+            m.response_bytes.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by tier and outcome",
+            m.cache.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Requests sent to upstreams",
+            m.upstream.clone(),
+        );
+        registry.register(
+            "singleflight_joins",
+            "Requests that joined an in-flight fetch",
+            m.flight_joins.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Blobs evicted from the disk tier",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "latest_synthesized",
+            "Resolutions of a synthesised latest tag",
+            m.latest.clone(),
+        );
         Metrics { registry, ..m }
     })
 }
@@ -77,7 +101,10 @@ pub fn request(route: &'static str, method: &str, status: u16, bytes: u64) {
 
 pub fn cache_lookup(tier: &'static str, hit: bool) {
     let outcome = if hit { "hit" } else { "miss" };
-    metrics().cache.get_or_create(&CacheLabels { tier, outcome }).inc();
+    metrics()
+        .cache
+        .get_or_create(&CacheLabels { tier, outcome })
+        .inc();
 }
 
 pub fn upstream_request(upstream: &str, outcome: &'static str) {

@@ -19,7 +19,9 @@ pub enum Route {
         op: OciOp,
     },
     /// `GET /<upstream>/index.yaml`
-    MirrorIndex { upstream: UpstreamName },
+    MirrorIndex {
+        upstream: UpstreamName,
+    },
     /// `GET /<upstream>/-/<chart>/<version>/<file>` (`.tgz` or `.tgz.prov`)
     MirrorArchive {
         upstream: UpstreamName,
@@ -34,7 +36,10 @@ pub enum Route {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum OciOp {
-    Tags { n: Option<usize>, last: Option<String> },
+    Tags {
+        n: Option<usize>,
+        last: Option<String>,
+    },
     Manifest(Reference),
     Blob(Digest),
 }
@@ -44,9 +49,17 @@ impl Route {
     pub fn kind(&self) -> &'static str {
         match self {
             Route::ApiBase => "base",
-            Route::Oci { op: OciOp::Tags { .. }, .. } => "tags",
-            Route::Oci { op: OciOp::Manifest(_), .. } => "manifest",
-            Route::Oci { op: OciOp::Blob(_), .. } => "blob",
+            Route::Oci {
+                op: OciOp::Tags { .. },
+                ..
+            } => "tags",
+            Route::Oci {
+                op: OciOp::Manifest(_),
+                ..
+            } => "manifest",
+            Route::Oci {
+                op: OciOp::Blob(_), ..
+            } => "blob",
             Route::MirrorIndex { .. } => "index",
             Route::MirrorArchive { .. } => "archive",
             Route::Metrics => "metrics",
@@ -78,7 +91,10 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<Route> {
         return parse_oci(path, query);
     }
     if !read {
-        return Err(Error::new(Kind::Unsupported, format!("{method} is not supported")));
+        return Err(Error::new(
+            Kind::Unsupported,
+            format!("{method} is not supported"),
+        ));
     }
     match path {
         "/metrics" => return Ok(Route::Metrics),
@@ -139,7 +155,9 @@ fn parse_oci(path: &str, query: Option<&str>) -> Result<Route> {
 /// Splits a mirror path into decoded segments, refusing traversal and encoded separators.
 fn segments(path: &str) -> Result<Vec<String>> {
     let bad = |why: &str| Error::new(Kind::BadRequest, format!("invalid path {path:?}: {why}"));
-    let inner = path.strip_prefix('/').ok_or_else(|| bad("must start with /"))?;
+    let inner = path
+        .strip_prefix('/')
+        .ok_or_else(|| bad("must start with /"))?;
     inner
         .split('/')
         .map(|seg| {
@@ -196,8 +214,15 @@ mod tests {
         let r = oci("/v2/metallb/metallb/manifests/0.14.8").unwrap();
         assert_eq!(r.kind(), "manifest");
         match r {
-            Route::Oci { upstream, repo, op: OciOp::Manifest(Reference::Tag(t)) } => {
-                assert_eq!((upstream.as_str(), repo.as_str(), t.as_str()), ("metallb", "metallb", "0.14.8"));
+            Route::Oci {
+                upstream,
+                repo,
+                op: OciOp::Manifest(Reference::Tag(t)),
+            } => {
+                assert_eq!(
+                    (upstream.as_str(), repo.as_str(), t.as_str()),
+                    ("metallb", "metallb", "0.14.8")
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -212,7 +237,10 @@ mod tests {
             Route::Oci {
                 upstream: "a".parse().unwrap(),
                 repo: "b".parse().unwrap(),
-                op: OciOp::Tags { n: Some(2), last: Some("1.0.0".into()) }
+                op: OciOp::Tags {
+                    n: Some(2),
+                    last: Some("1.0.0".into())
+                }
             }
         );
     }
@@ -220,7 +248,10 @@ mod tests {
     #[test]
     fn bad_oci_input_gets_the_right_kind() {
         let kind = |p: &str| oci(p).unwrap_err().kind();
-        assert_eq!(kind("/v2/a/b/manifests/sha256:totallywrong"), Kind::DigestInvalid);
+        assert_eq!(
+            kind("/v2/a/b/manifests/sha256:totallywrong"),
+            Kind::DigestInvalid
+        );
         assert_eq!(kind("/v2/a/b/blobs/notadigest"), Kind::DigestInvalid);
         assert_eq!(kind("/v2/a/B/manifests/1"), Kind::NameInvalid);
         assert_eq!(kind("/v2/a/../b/manifests/1"), Kind::NameInvalid);
@@ -229,11 +260,15 @@ mod tests {
         assert_eq!(kind("/v2/a/b/manifests/bad+tag"), Kind::TagInvalid);
         assert_eq!(kind("/v2/a/b/whatever"), Kind::NotFound);
         assert_eq!(
-            parse("POST", "/v2/a/b/blobs/uploads/", None).unwrap_err().kind(),
+            parse("POST", "/v2/a/b/blobs/uploads/", None)
+                .unwrap_err()
+                .kind(),
             Kind::Unsupported
         );
         assert_eq!(
-            parse("GET", "/v2/a/b/tags/list", Some("n=x")).unwrap_err().kind(),
+            parse("GET", "/v2/a/b/tags/list", Some("n=x"))
+                .unwrap_err()
+                .kind(),
             Kind::BadRequest
         );
     }
@@ -242,10 +277,17 @@ mod tests {
     fn mirror_routes() {
         assert_eq!(
             parse("GET", "/metallb/index.yaml", None).unwrap(),
-            Route::MirrorIndex { upstream: "metallb".parse().unwrap() }
+            Route::MirrorIndex {
+                upstream: "metallb".parse().unwrap()
+            }
         );
         assert_eq!(
-            parse("GET", "/m/-/metallb/1.0.0%2Bb/metallb-1.0.0+b.tgz.prov", None).unwrap(),
+            parse(
+                "GET",
+                "/m/-/metallb/1.0.0%2Bb/metallb-1.0.0+b.tgz.prov",
+                None
+            )
+            .unwrap(),
             Route::MirrorArchive {
                 upstream: "m".parse().unwrap(),
                 chart: "metallb".into(),
@@ -264,6 +306,9 @@ mod tests {
             assert!(parse("GET", bad, None).is_err(), "{bad}");
         }
         assert_eq!(parse("GET", "/metrics", None).unwrap(), Route::Metrics);
-        assert_eq!(parse("DELETE", "/m/index.yaml", None).unwrap_err().kind(), Kind::Unsupported);
+        assert_eq!(
+            parse("DELETE", "/m/index.yaml", None).unwrap_err().kind(),
+            Kind::Unsupported
+        );
     }
 }

@@ -9,7 +9,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use url::Url;
 
-use crate::convert::manifest::{HELM_CHART_LAYER, HELM_PROV_LAYER, LEGACY_CHART_LAYER, OCI_MANIFEST};
+use crate::convert::manifest::{
+    HELM_CHART_LAYER, HELM_PROV_LAYER, LEGACY_CHART_LAYER, OCI_MANIFEST,
+};
 use crate::error::{Error, Result};
 use crate::ids::Digest;
 
@@ -24,7 +26,10 @@ pub enum Fetch {
     NotModified,
     /// 404 or 410: the upstream says it does not have it.
     Missing,
-    Body { bytes: Bytes, validators: Validators },
+    Body {
+        bytes: Bytes,
+        validators: Validators,
+    },
 }
 
 pub struct UpstreamClient {
@@ -82,9 +87,15 @@ impl UpstreamClient {
 
     /// GETs `url` and requires a body: `Missing` becomes an upstream error.
     pub async fn get_body(&self, url: &Url, accept: &str, max_bytes: u64) -> Result<Bytes> {
-        match self.get(url, accept, &Validators::default(), max_bytes).await? {
+        match self
+            .get(url, accept, &Validators::default(), max_bytes)
+            .await?
+        {
             Fetch::Body { bytes, .. } => Ok(bytes),
-            _ => Err(Error::upstream_invalid(format!("upstream has no {}", redact(url)))),
+            _ => Err(Error::upstream_invalid(format!(
+                "upstream has no {}",
+                redact(url)
+            ))),
         }
     }
 
@@ -123,10 +134,17 @@ impl UpstreamClient {
         let m: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
             Error::upstream_invalid(format!("{reference}: manifest is not an OCI manifest: {e}"))
         })?;
-        let layer = |types: &[&str]| m.layers.iter().find(|l| types.contains(&l.media_type.as_str()));
-        let chart = layer(&[HELM_CHART_LAYER, LEGACY_CHART_LAYER])
-            .ok_or_else(|| Error::upstream_invalid(format!("{reference} has no Helm chart layer")))?;
-        let chart = self.oci_blob(&r, &chart.digest, &mut token, max_bytes).await?;
+        let layer = |types: &[&str]| {
+            m.layers
+                .iter()
+                .find(|l| types.contains(&l.media_type.as_str()))
+        };
+        let chart = layer(&[HELM_CHART_LAYER, LEGACY_CHART_LAYER]).ok_or_else(|| {
+            Error::upstream_invalid(format!("{reference} has no Helm chart layer"))
+        })?;
+        let chart = self
+            .oci_blob(&r, &chart.digest, &mut token, max_bytes)
+            .await?;
         let prov = match layer(&[HELM_PROV_LAYER]) {
             Some(p) => Some(self.oci_blob(&r, &p.digest, &mut token, max_bytes).await?),
             None => None,
@@ -250,8 +268,14 @@ impl OciRef {
         } else {
             let last = path.rsplit('/').next().unwrap_or(path);
             match last.split_once(':') {
-                Some((_, tag)) => (path[..path.len() - tag.len() - 1].to_string(), tag.to_string()),
-                None => (path.to_string(), crate::convert::version::tag_for_version(default_tag)),
+                Some((_, tag)) => (
+                    path[..path.len() - tag.len() - 1].to_string(),
+                    tag.to_string(),
+                ),
+                None => (
+                    path.to_string(),
+                    crate::convert::version::tag_for_version(default_tag),
+                ),
             }
         };
         if host.is_empty() || repo.is_empty() || reference.is_empty() {
@@ -259,11 +283,12 @@ impl OciRef {
         }
         // Registries on loopback speak plain HTTP, as Helm assumes for them.
         let hostname = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-        let scheme = if hostname == "localhost" || hostname.starts_with("127.") || hostname == "[::1]" {
-            "http"
-        } else {
-            "https"
-        };
+        let scheme =
+            if hostname == "localhost" || hostname.starts_with("127.") || hostname == "[::1]" {
+                "http"
+            } else {
+                "https"
+            };
         Ok(OciRef {
             scheme,
             host: host.to_string(),
@@ -273,14 +298,20 @@ impl OciRef {
     }
 
     fn url(&self, tail: &str) -> Result<Url> {
-        Url::parse(&format!("{}://{}/v2/{}/{}", self.scheme, self.host, self.repo, tail))
-            .map_err(|e| Error::upstream_invalid(format!("bad registry URL: {e}")))
+        Url::parse(&format!(
+            "{}://{}/v2/{}/{}",
+            self.scheme, self.host, self.repo, tail
+        ))
+        .map_err(|e| Error::upstream_invalid(format!("bad registry URL: {e}")))
     }
 }
 
 /// `Bearer realm="..",service="..",scope=".."` -> key/value pairs.
 fn parse_bearer_challenge(h: &str) -> Option<Vec<(String, String)>> {
-    let rest = h.trim().strip_prefix("Bearer ").or_else(|| h.trim().strip_prefix("bearer "))?;
+    let rest = h
+        .trim()
+        .strip_prefix("Bearer ")
+        .or_else(|| h.trim().strip_prefix("bearer "))?;
     let mut out = Vec::new();
     let mut s = rest.trim();
     while !s.is_empty() {
@@ -319,7 +350,10 @@ async fn read_capped(resp: reqwest::Response, url: &Url, max: u64) -> Result<Byt
 }
 
 fn too_big(url: &Url, max: u64) -> Error {
-    Error::upstream_invalid(format!("{} is larger than the {max} byte limit", redact(url)))
+    Error::upstream_invalid(format!(
+        "{} is larger than the {max} byte limit",
+        redact(url)
+    ))
 }
 
 fn unreachable_err(url: &Url, e: reqwest::Error) -> Error {
@@ -345,11 +379,27 @@ mod tests {
 
     #[test]
     fn oci_references() {
-        let r = OciRef::parse("oci://registry-1.docker.io/bitnamicharts/redis:20.1.0", "x").unwrap();
-        assert_eq!((r.scheme, r.host.as_str(), r.repo.as_str(), r.reference.as_str()),
-            ("https", "registry-1.docker.io", "bitnamicharts/redis", "20.1.0"));
+        let r =
+            OciRef::parse("oci://registry-1.docker.io/bitnamicharts/redis:20.1.0", "x").unwrap();
+        assert_eq!(
+            (
+                r.scheme,
+                r.host.as_str(),
+                r.repo.as_str(),
+                r.reference.as_str()
+            ),
+            (
+                "https",
+                "registry-1.docker.io",
+                "bitnamicharts/redis",
+                "20.1.0"
+            )
+        );
         let r = OciRef::parse("oci://127.0.0.1:5000/charts/demo", "1.0.0+b").unwrap();
-        assert_eq!((r.scheme, r.repo.as_str(), r.reference.as_str()), ("http", "charts/demo", "1.0.0_b"));
+        assert_eq!(
+            (r.scheme, r.repo.as_str(), r.reference.as_str()),
+            ("http", "charts/demo", "1.0.0_b")
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = OciRef::parse(&format!("oci://h:1/a/b@{d}"), "x").unwrap();
         assert_eq!((r.repo.as_str(), r.reference.as_str()), ("a/b", d.as_str()));
@@ -363,7 +413,10 @@ mod tests {
             r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull""#,
         )
         .unwrap();
-        assert_eq!(p[0], ("realm".into(), "https://auth.docker.io/token".into()));
+        assert_eq!(
+            p[0],
+            ("realm".into(), "https://auth.docker.io/token".into())
+        );
         assert_eq!(p[2], ("scope".into(), "repository:a/b:pull".into()));
         assert!(parse_bearer_challenge("Basic realm=x").is_none());
     }

@@ -72,7 +72,17 @@ impl DiskStore {
         let mut st = self.state.lock().expect("disk state poisoned");
         st.clock += 1;
         let now = st.clock;
-        if st.entries.insert(d.clone(), Entry { size, last_use: now }).is_none() {
+        if st
+            .entries
+            .insert(
+                d.clone(),
+                Entry {
+                    size,
+                    last_use: now,
+                },
+            )
+            .is_none()
+        {
             st.used += size;
         }
         let mut victims = Vec::new();
@@ -113,7 +123,11 @@ fn scan(root: &Path) -> Result<State> {
             continue;
         };
         let meta = e.metadata()?;
-        found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), d, meta.len()));
+        found.push((
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            d,
+            meta.len(),
+        ));
     }
     found.sort();
     let mut st = State::default();
@@ -246,6 +260,9 @@ mod tests {
         std::fs::write(dir.path().join("tmp").join("crashed.part"), b"half").unwrap();
         let store = DiskStore::open(dir.path(), 1 << 20).await.unwrap();
         assert_eq!(store.get(&d).await.unwrap(), Some(b));
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

@@ -47,8 +47,9 @@ where
                 None => {
                     let task = tokio::spawn(work);
                     let s = async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(Error::internal(format!("fetch task failed: {e}"))))
+                        task.await.unwrap_or_else(|e| {
+                            Err(Error::internal(format!("fetch task failed: {e}")))
+                        })
                     }
                     .boxed()
                     .shared();

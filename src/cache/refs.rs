@@ -48,7 +48,11 @@ mod tests {
     async fn refs_round_trip_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let d = Digest::of(b"x");
-        RefStore::open(dir.path()).unwrap().put("a b", &d).await.unwrap();
+        RefStore::open(dir.path())
+            .unwrap()
+            .put("a b", &d)
+            .await
+            .unwrap();
         let r = RefStore::open(dir.path()).unwrap();
         assert_eq!(r.get("a b").await, Some(d));
         assert_eq!(r.get("other").await, None);

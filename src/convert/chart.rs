@@ -92,7 +92,11 @@ pub struct Dependency {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub enabled: bool,
-    #[serde(default, rename = "import-values", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "import-values",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub import_values: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub alias: String,
@@ -264,7 +268,10 @@ pub(crate) mod tests {
     #[test]
     fn reads_top_level_chart_yaml_only() {
         let tgz = make_tgz(&[
-            ("demo/charts/sub/Chart.yaml", b"apiVersion: v2\nname: sub\nversion: 9.9.9\n"),
+            (
+                "demo/charts/sub/Chart.yaml",
+                b"apiVersion: v2\nname: sub\nversion: 9.9.9\n",
+            ),
             (
                 "demo/Chart.yaml",
                 b"apiVersion: v2\nname: demo\nversion: 0.1.0\nappVersion: 1.0\nengine: gotpl\n",
@@ -297,7 +304,10 @@ pub(crate) mod tests {
         let tgz = make_tgz(&[("demo/values.yaml", b"a: 1\n")]);
         assert!(read_chart_metadata(&tgz, ArchiveLimits::default()).is_err());
         let zeros = vec![0u8; 4 << 20];
-        let tgz = make_tgz(&[("demo/big", &zeros), ("demo/Chart.yaml", b"name: a\nversion: 1.0.0\n")]);
+        let tgz = make_tgz(&[
+            ("demo/big", &zeros),
+            ("demo/Chart.yaml", b"name: a\nversion: 1.0.0\n"),
+        ]);
         let limits = ArchiveLimits {
             max_expanded_bytes: 1 << 20,
             max_metadata_bytes: 1 << 20,
@@ -313,8 +323,11 @@ pub(crate) mod tests {
             version: "0.1.0".into(),
             api_version: "v2".into(),
             kube_version: ">=1.19.0-0 & <2".into(),
-            annotations: [("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())]
-                .into(),
+            annotations: [
+                ("b".to_string(), "2".to_string()),
+                ("a".to_string(), "1".to_string()),
+            ]
+            .into(),
             dependencies: vec![Dependency {
                 name: "x".into(),
                 ..Default::default()

@@ -27,7 +27,11 @@ pub struct IndexFile {
     pub public_keys: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    #[serde(default, rename = "serverInfo", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "serverInfo",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub server_info: Option<BTreeMap<String, serde_json::Value>>,
 }
 
@@ -46,7 +50,6 @@ chart_fields! {
         pub digest: String,
     }
 }
-
 
 /// Input limits for an upstream index. Indexes are big (Bitnami ~15k entries) but finite.
 #[derive(Clone, Copy, Debug)]
@@ -138,7 +141,11 @@ pub fn rewrite_index(index: &IndexFile) -> Vec<u8> {
     for (name, versions) in out.entries.iter_mut() {
         for v in versions.iter_mut() {
             // The entry's own name is what Helm uses; the map key is the same in valid indexes.
-            let chart = if v.name.is_empty() { name.as_str() } else { v.name.as_str() };
+            let chart = if v.name.is_empty() {
+                name.as_str()
+            } else {
+                v.name.as_str()
+            };
             v.urls = vec![archive_path(chart, &v.version)];
         }
     }
@@ -237,7 +244,10 @@ generated: "2024-07-22T11:25:35.405163826Z"
 
     #[test]
     fn archive_paths_escape_what_a_url_path_cannot_hold() {
-        assert_eq!(archive_path("a", "1.0.0+b.1"), "-/a/1.0.0+b.1/a-1.0.0+b.1.tgz");
+        assert_eq!(
+            archive_path("a", "1.0.0+b.1"),
+            "-/a/1.0.0+b.1/a-1.0.0+b.1.tgz"
+        );
         assert_eq!(archive_path("a b", "1/2"), "-/a%20b/1%2F2/a%20b-1%2F2.tgz");
     }
 }

@@ -80,7 +80,11 @@ fn non_blank(s: &str) -> bool {
 /// The manifest annotations `helm push` sets (Helm's `generateOCIAnnotations`): the standard
 /// OCI keys from Chart.yaml, then the chart's own annotations, which may override all but
 /// title and version. Blank values are left out.
-fn annotations<'a>(meta: &'a ChartMetadata, created: &'a str, authors: &'a str) -> BTreeMap<&'a str, &'a str> {
+fn annotations<'a>(
+    meta: &'a ChartMetadata,
+    created: &'a str,
+    authors: &'a str,
+) -> BTreeMap<&'a str, &'a str> {
     let mut out = BTreeMap::new();
     let mut add = |k: &'a str, v: &'a str| {
         if non_blank(v) {
@@ -190,7 +194,10 @@ mod tests {
                 },
             ],
             annotations: [
-                ("org.opencontainers.image.title".to_string(), "ignored".to_string()),
+                (
+                    "org.opencontainers.image.title".to_string(),
+                    "ignored".to_string(),
+                ),
                 ("category".to_string(), "Infra".to_string()),
             ]
             .into(),

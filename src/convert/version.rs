@@ -159,7 +159,10 @@ mod tests {
 
     #[test]
     fn tag_list_adds_latest_only_when_it_resolves() {
-        assert_eq!(tag_list(&["1.0.0", "0.9.0"]), vec!["0.9.0", "1.0.0", "latest"]);
+        assert_eq!(
+            tag_list(&["1.0.0", "0.9.0"]),
+            vec!["0.9.0", "1.0.0", "latest"]
+        );
         assert_eq!(tag_list(&["1.0.0-rc.1"]), vec!["1.0.0-rc.1"]);
     }
 }

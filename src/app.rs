@@ -1,0 +1,159 @@
+//! The application: builds the cache tiers and upstreams from a `Config`, turns each request
+//! into a `Route` at the edge, dispatches it to a view, and maps any error through
+//! `http::error_response`. Also the access log and the request metrics. No pingora types here,
+//! so the whole request path is testable without sockets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::cache::{BlobCache, DiskStore, MemoryStore, RefStore};
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::http::{error_response, Api, Request, Response};
+use crate::ids::UpstreamName;
+use crate::resolver::HelmUpstream;
+use crate::route::{self, OciOp, Route};
+use crate::upstream::UpstreamClient;
+use crate::views;
+
+pub struct App {
+    config: Config,
+    upstreams: HashMap<UpstreamName, Arc<HelmUpstream>>,
+}
+
+impl App {
+    pub async fn new(config: Config) -> Result<App> {
+        let dir = &config.cache.dir;
+        let disk = DiskStore::open(dir, config.cache.max_disk_bytes)
+            .await
+            .map_err(|e| {
+                Error::internal(format!("cannot open cache dir {}: {e}", dir.display()))
+            })?;
+        let blobs = Arc::new(BlobCache::new(
+            MemoryStore::new(config.cache.max_memory_bytes),
+            Arc::new(disk),
+        ));
+        let refs = Arc::new(RefStore::open(dir)?);
+        let client = Arc::new(UpstreamClient::new()?);
+        let mut upstreams = HashMap::new();
+        for u in &config.upstreams {
+            let helm = HelmUpstream::new(
+                u.clone(),
+                client.clone(),
+                blobs.clone(),
+                refs.clone(),
+                config.limits,
+                dir,
+            )?;
+            upstreams.insert(u.name.clone(), Arc::new(helm));
+        }
+        Ok(App { config, upstreams })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn upstream(&self, name: &UpstreamName) -> Result<&Arc<HelmUpstream>> {
+        self.upstreams.get(name).ok_or_else(|| {
+            Error::new(
+                Kind::NameUnknown,
+                format!("no upstream named {name:?} is configured"),
+            )
+        })
+    }
+
+    /// Handles one request. Never panics on input: every failure becomes an error response.
+    pub async fn handle(&self, req: &Request) -> Response {
+        let start = Instant::now();
+        let api = if route::is_oci_path(&req.path) {
+            Api::Oci
+        } else {
+            Api::Plain
+        };
+        let parsed = route::parse(&req.method, &req.path, req.query.as_deref());
+        let kind = parsed.as_ref().map(Route::kind).unwrap_or("invalid");
+        let result = match parsed {
+            Ok(r) => self.dispatch(r, req).await,
+            Err(e) => Err(e),
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if e.is_upstream() || e.kind() == Kind::Internal {
+                    tracing::warn!(path = %req.path, error = %e, "request failed");
+                }
+                error_response(&e, api)
+            }
+        };
+        if api == Api::Oci && resp.get_header("Docker-Distribution-API-Version").is_none() {
+            resp.headers
+                .push(("Docker-Distribution-API-Version", "registry/2.0".into()));
+        }
+        if kind != "health" {
+            crate::metrics::request(kind, &req.method, resp.status, resp.body.len() as u64);
+            tracing::info!(
+                target: "access",
+                method = %req.method,
+                path = %req.path,
+                status = resp.status,
+                bytes = resp.body.len(),
+                ms = start.elapsed().as_millis() as u64,
+            );
+        }
+        resp
+    }
+
+    async fn dispatch(&self, route: Route, req: &Request) -> Result<Response> {
+        match route {
+            Route::ApiBase => Ok(views::oci::api_base(req)),
+            Route::Oci { upstream, repo, op } => {
+                let up = self.upstream(&upstream)?;
+                match op {
+                    OciOp::Tags { n, last } => {
+                        views::oci::tags(up, &upstream, &repo, n, last.as_deref(), req).await
+                    }
+                    OciOp::Manifest(reference) => {
+                        views::oci::manifest(up, &repo, &reference, req).await
+                    }
+                    OciOp::Blob(d) => views::oci::blob(up, &repo, &d, req).await,
+                }
+            }
+            Route::MirrorIndex { upstream } => {
+                views::mirror::index(self.upstream(&upstream)?, req).await
+            }
+            Route::MirrorArchive {
+                upstream,
+                chart,
+                version,
+                prov,
+            } => {
+                views::mirror::archive(self.upstream(&upstream)?, &chart, &version, prov, req).await
+            }
+            Route::Metrics => Ok(Response::new(200).with_body(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                Bytes::from(crate::metrics::render()),
+                req.is_head(),
+            )),
+            Route::Healthz => Ok(Response::new(200).with_body(
+                "text/plain",
+                Bytes::from_static(b"ok\n"),
+                req.is_head(),
+            )),
+            Route::Readyz => {
+                let probe = self.config.cache.dir.join("tmp").join(".ready");
+                tokio::fs::write(&probe, b"")
+                    .await
+                    .map_err(|e| Error::internal(format!("cache dir not writable: {e}")))?;
+                Ok(Response::new(200).with_body(
+                    "text/plain",
+                    Bytes::from_static(b"ready\n"),
+                    req.is_head(),
+                ))
+            }
+        }
+    }
+}
