@@ -1,0 +1,160 @@
+//! The real helm CLI, every supported version, through both views of chartbridge.
+
+use crate::support::*;
+
+fn pulls_through_both_views(absolute_urls: bool) {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    let web = nginx(repo.dir.path());
+    repo.index(absolute_urls.then(|| web.url()).as_deref());
+    let bridge = chartbridge(&helm_upstream("charts", &web.url()));
+    let original = repo.bytes("demo-0.1.0.tgz");
+    for v in HELM_VERSIONS {
+        let helm = Helm::new(v);
+        let out = tempfile::tempdir().unwrap();
+        let out_s = out.path().to_str().unwrap();
+
+        // OCI view
+        let oci = format!("oci://{}/charts/demo", bridge.host());
+        helm.run(&[
+            "pull",
+            &oci,
+            "--version",
+            "0.1.0",
+            "--plain-http",
+            "-d",
+            out_s,
+        ]);
+        assert_eq!(
+            std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+            original,
+            "helm {v} OCI pull: bytes differ from upstream"
+        );
+        let shown = helm.run(&["show", "chart", &oci, "--version", "0.1.0", "--plain-http"]);
+        assert!(shown.contains("name: demo"), "helm {v} show chart: {shown}");
+        let rendered = helm.run(&["template", "t", &oci, "--version", "0.1.0", "--plain-http"]);
+        assert!(
+            rendered.contains("kind: Deployment"),
+            "helm {v} template: {rendered}"
+        );
+        std::fs::remove_file(out.path().join("demo-0.1.0.tgz")).unwrap();
+
+        // HTTP mirror view
+        helm.run(&["repo", "add", "mirror", &format!("{}/charts", bridge.url())]);
+        helm.run(&["repo", "update"]);
+        helm.run(&["pull", "mirror/demo", "--version", "0.1.0", "-d", out_s]);
+        assert_eq!(
+            std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+            original,
+            "helm {v} mirror pull: bytes differ from upstream"
+        );
+        let shown = helm.run(&["show", "chart", "mirror/demo"]);
+        assert!(
+            shown.contains("version: 0.1.0"),
+            "helm {v} show chart (mirror): {shown}"
+        );
+        let rendered = helm.run(&["template", "t", "mirror/demo"]);
+        assert!(
+            rendered.contains("kind: Service"),
+            "helm {v} template (mirror): {rendered}"
+        );
+    }
+}
+
+#[test]
+fn every_helm_version_pulls_shows_templates_with_relative_index_urls() {
+    pulls_through_both_views(false);
+}
+
+#[test]
+fn every_helm_version_pulls_shows_templates_with_absolute_index_urls() {
+    pulls_through_both_views(true);
+}
+
+/// The synthesised config blob and layer are exactly what `helm push` of the same archive
+/// writes to a real registry: a chart pulled through chartbridge is indistinguishable.
+#[test]
+fn config_blob_and_layers_match_helm_push() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    repo.index(None);
+    let web = nginx(repo.dir.path());
+    let reg = registry();
+    let helm = Helm::new("v4.1.4");
+    helm.run(&[
+        "push",
+        repo.path("demo-0.1.0.tgz").to_str().unwrap(),
+        &format!("oci://{}/charts", reg.host()),
+        "--plain-http",
+    ]);
+    let bridge = chartbridge(&helm_upstream("charts", &web.url()));
+    let accept = "application/vnd.oci.image.manifest.v1+json";
+    let pushed: serde_json::Value = client()
+        .get(format!("{}/v2/charts/demo/manifests/0.1.0", reg.url()))
+        .header("Accept", accept)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ours: serde_json::Value = get(&format!("{}/v2/charts/demo/manifests/0.1.0", bridge.url()))
+        .json()
+        .unwrap();
+    assert_eq!(ours["config"], pushed["config"]);
+    assert_eq!(ours["layers"], pushed["layers"]);
+    let strip = |v: &serde_json::Value| {
+        let mut a = v["annotations"].clone();
+        a.as_object_mut()
+            .unwrap()
+            .remove("org.opencontainers.image.created");
+        a
+    };
+    assert_eq!(strip(&ours), strip(&pushed));
+}
+
+/// Bitnami-style indexes point at `oci://` URLs; chartbridge follows them to a real registry.
+#[test]
+fn oci_urls_in_an_index_are_followed() {
+    let charts = ChartRepo::new(&[("demo", "0.1.0")]);
+    let reg = registry();
+    let helm = Helm::new("v4.1.4");
+    helm.run(&[
+        "push",
+        charts.path("demo-0.1.0.tgz").to_str().unwrap(),
+        &format!("oci://{}/charts", reg.host()),
+        "--plain-http",
+    ]);
+    let original = charts.bytes("demo-0.1.0.tgz");
+    let digest = chartbridge::ids::Digest::of(&original);
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(
+        site.path().join("index.yaml"),
+        format!(
+            "apiVersion: v1\nentries:\n  demo:\n  - apiVersion: v2\n    name: demo\n    version: 0.1.0\n    \
+             digest: {}\n    created: \"2024-01-01T00:00:00Z\"\n    urls:\n    - oci://{}/charts/demo:0.1.0\n",
+            digest.hex(),
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let web = nginx(site.path());
+    let bridge = chartbridge(&helm_upstream("bitnamiish", &web.url()));
+    let out = tempfile::tempdir().unwrap();
+    let out_s = out.path().to_str().unwrap();
+    helm.run(&[
+        "pull",
+        &format!("oci://{}/bitnamiish/demo", bridge.host()),
+        "--version",
+        "0.1.0",
+        "--plain-http",
+        "-d",
+        out_s,
+    ]);
+    assert_eq!(
+        std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+        original
+    );
+    let archive = get(&format!(
+        "{}/bitnamiish/-/demo/0.1.0/demo-0.1.0.tgz",
+        bridge.url()
+    ));
+    assert_eq!(archive.status(), 200);
+    assert_eq!(archive.bytes().unwrap().to_vec(), original);
+}

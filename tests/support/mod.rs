@@ -1,0 +1,280 @@
+//! Test peers, all real: the chartbridge binary, nginx serving a chart repository, CNCF
+//! distribution (`docker-registry`), and the helm CLI in three versions. `scripts/test.sh`
+//! installs them; a missing one fails the test with a message saying so, never a silent skip.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HELM_VERSIONS: [&str; 3] = ["v3.17.3", "v3.18.0", "v4.1.4"];
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not start listening on {port}");
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn require(path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} is missing: run scripts/test.sh, which installs the test peers"
+    );
+    p
+}
+
+/// nginx serving `root` as a static site, with an access log for counting upstream requests.
+pub fn nginx(root: &Path) -> Proc {
+    let bin = require("/usr/sbin/nginx");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = dir.path().display();
+    let conf = format!(
+        "daemon off; master_process off; pid {p}/nginx.pid; error_log {p}/error.log;\n\
+         events {{}}\n\
+         http {{\n  access_log {p}/access.log; sendfile on;\n  \
+         client_body_temp_path {p}/t1; proxy_temp_path {p}/t2; fastcgi_temp_path {p}/t3;\n  \
+         uwsgi_temp_path {p}/t4; scgi_temp_path {p}/t5;\n  \
+         types {{ application/gzip tgz; application/x-yaml yaml; }}\n  \
+         server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+        root = root.display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "nginx");
+    Proc { child, port, dir }
+}
+
+/// How many requests nginx has logged for paths containing `needle`.
+pub fn nginx_hits(n: &Proc, needle: &str) -> usize {
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::read_to_string(n.dir.path().join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// CNCF distribution (Debian's docker-registry), anonymous.
+pub fn registry() -> Proc {
+    let bin = require("/usr/bin/docker-registry");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = format!(
+        "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\n\
+         storage: {{filesystem: {{rootdirectory: {}/data}}, delete: {{enabled: true}}}}\n\
+         http: {{addr: 127.0.0.1:{port}}}\n",
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("config.yml"), conf).unwrap();
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "docker-registry");
+    Proc { child, port, dir }
+}
+
+/// The chartbridge binary with `upstreams_yaml` (the `upstreams:` list body) on a free port.
+pub fn chartbridge(upstreams_yaml: &str) -> Proc {
+    chartbridge_with(upstreams_yaml, "", None)
+}
+
+/// As `chartbridge`, with extra top-level YAML and optionally a given cache dir.
+pub fn chartbridge_with(upstreams_yaml: &str, extra: &str, cache_dir: Option<&Path>) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cache = cache_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.path().join("cache"));
+    let conf = format!(
+        "listen: 127.0.0.1:{port}\ncache:\n  dir: {}\n{extra}upstreams:\n{upstreams_yaml}",
+        cache.display()
+    );
+    std::fs::write(dir.path().join("config.yaml"), conf).unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_chartbridge"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "chartbridge");
+    Proc { child, port, dir }
+}
+
+pub fn helm_upstream(name: &str, url: &str) -> String {
+    format!("  - name: {name}\n    kind: helm\n    url: {url}\n    index_ttl: 1s\n")
+}
+
+/// The helm CLI of one version, with its own HOME so tests never touch a user's config.
+pub struct Helm {
+    bin: PathBuf,
+    pub home: tempfile::TempDir,
+}
+
+impl Helm {
+    pub fn new(version: &str) -> Helm {
+        let bin = require(&format!(
+            "{}/target/test-tools/helm-{version}",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        Helm {
+            bin,
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs helm; returns stdout, panicking with stderr when it fails.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.try_run(args);
+        match out {
+            Ok(s) => s,
+            Err(e) => panic!("helm {args:?} failed: {e}"),
+        }
+    }
+
+    pub fn try_run(&self, args: &[&str]) -> Result<String, String> {
+        let h = self.home.path();
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("HOME", h)
+            .env("HELM_CACHE_HOME", h.join("cache"))
+            .env("HELM_CONFIG_HOME", h.join("config"))
+            .env("HELM_DATA_HOME", h.join("data"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// A chart repository built by the real helm: `helm create`, `helm package`, `helm repo index`
+/// (with `--url` when `base_url` is given, else relative URLs).
+pub struct ChartRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl ChartRepo {
+    pub fn new(charts: &[(&str, &str)]) -> ChartRepo {
+        let helm = Helm::new("v4.1.4");
+        let dir = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        for (name, version) in charts {
+            let src = work.path().join(name);
+            if !src.exists() {
+                helm.run(&["create", src.to_str().unwrap()]);
+            }
+            helm.run(&[
+                "package",
+                src.to_str().unwrap(),
+                "--version",
+                version,
+                "-d",
+                dir.path().to_str().unwrap(),
+            ]);
+        }
+        ChartRepo { dir }
+    }
+
+    pub fn index(&self, base_url: Option<&str>) {
+        let helm = Helm::new("v4.1.4");
+        let mut args = vec!["repo", "index", self.dir.path().to_str().unwrap()];
+        if let Some(u) = base_url {
+            args.extend(["--url", u]);
+        }
+        helm.run(&args);
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn bytes(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.path(file)).unwrap()
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn get(url: &str) -> reqwest::blocking::Response {
+    client().get(url).send().unwrap()
+}
+
+/// The OCI error code of an error response.
+pub fn oci_code(resp: reqwest::blocking::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().expect("OCI error JSON");
+    (
+        status,
+        v["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real chartbridge binary between real clients (helm v3 and v4, an HTTP
+//! client) and real upstreams (nginx serving a helm-built repository, CNCF distribution).
+//! One test binary, so it builds once.
+
+mod support;
+
+mod helm_clients;
+mod mirror;
+mod oci_api;
+mod upstream_faults;

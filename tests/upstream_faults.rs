@@ -1,0 +1,139 @@
+//! Upstreams that misbehave in ways a real static server produces on demand: wrong bytes, an
+//! index that is not YAML or not Helm's, an oversized index; and many clients missing at once.
+
+use crate::support::*;
+
+/// The archive's bytes no longer match the index digest: refused with 502, never cached, and
+/// served correctly once the upstream is fixed.
+#[test]
+fn a_tarball_that_does_not_match_its_index_digest_is_refused_and_not_cached() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    repo.index(None);
+    let good = repo.bytes("demo-0.1.0.tgz");
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 20] ^= 0xff;
+    std::fs::write(repo.path("demo-0.1.0.tgz"), &bad).unwrap();
+    let web = nginx(repo.dir.path());
+    let bridge = chartbridge(&helm_upstream("up", &web.url()));
+    let u = bridge.url();
+
+    let (status, code) = oci_code(get(&format!("{u}/v2/up/demo/manifests/0.1.0")));
+    assert_eq!((status, code.as_str()), (502, "UPSTREAM_INVALID"));
+    let mirror = get(&format!("{u}/up/-/demo/0.1.0/demo-0.1.0.tgz"));
+    assert_eq!(mirror.status(), 502);
+    assert!(mirror
+        .text()
+        .unwrap()
+        .contains("does not match its index digest"));
+    let helm = Helm::new("v4.1.4");
+    let out = tempfile::tempdir().unwrap();
+    let pulled = helm.try_run(&[
+        "pull",
+        &format!("oci://{}/up/demo", bridge.host()),
+        "--version",
+        "0.1.0",
+        "--plain-http",
+        "-d",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(pulled.is_err(), "helm must not get a corrupt chart");
+    let bad_digest = chartbridge::ids::Digest::of(&bad);
+    let cache = bridge.dir.path().join("cache").join("sha256");
+    assert!(
+        !cache.join(bad_digest.hex()).exists(),
+        "corrupt bytes were cached"
+    );
+
+    std::fs::write(repo.path("demo-0.1.0.tgz"), &good).unwrap();
+    let fixed = get(&format!("{u}/up/-/demo/0.1.0/demo-0.1.0.tgz"));
+    assert_eq!(fixed.status(), 200);
+    assert_eq!(fixed.bytes().unwrap().to_vec(), good);
+}
+
+#[test]
+fn a_bad_upstream_index_is_a_clear_error_for_both_views() {
+    let site = tempfile::tempdir().unwrap();
+    let web = nginx(site.path());
+    let bridge = chartbridge_with(
+        &helm_upstream("up", &web.url()),
+        "limits:\n  max_index_bytes: 4KiB\n",
+        None,
+    );
+    let u = bridge.url();
+    let cases: [(&str, String, &str); 4] = [
+        (
+            "html",
+            "<html><body>Not a repo</body></html>".into(),
+            "not a valid Helm index",
+        ),
+        (
+            "unknown key",
+            "apiVersion: v1\nentries: {}\nbogus: 1\n".into(),
+            "bogus",
+        ),
+        (
+            "oversized",
+            format!("apiVersion: v1\nentries: {{}}\n#{}\n", "x".repeat(5000)),
+            "limit",
+        ),
+        ("missing", String::new(), "not found upstream"),
+    ];
+    for (what, body, needle) in cases {
+        let file = site.path().join("index.yaml");
+        if what == "missing" {
+            let _ = std::fs::remove_file(&file);
+        } else {
+            std::fs::write(&file, body).unwrap();
+        }
+        let resp = get(&format!("{u}/v2/up/demo/tags/list"));
+        assert_eq!(resp.status(), 502, "{what}");
+        let v: serde_json::Value = resp.json().unwrap();
+        let msg = v["errors"][0]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{what}: {msg}");
+        let plain = get(&format!("{u}/up/index.yaml"));
+        assert_eq!(plain.status(), 502, "{what}");
+        assert!(plain.text().unwrap().contains(needle), "{what}");
+    }
+    assert_eq!(get(&format!("{u}/healthz")).status(), 200);
+}
+
+/// Many clients missing the same chart at once make exactly one upstream request.
+#[test]
+fn concurrent_cold_misses_make_one_upstream_request() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    repo.index(None);
+    let web = nginx(repo.dir.path());
+    let bridge = chartbridge(&helm_upstream("up", &web.url()));
+    let digest = chartbridge::ids::Digest::of(&repo.bytes("demo-0.1.0.tgz"));
+    let urls = [
+        format!("{}/v2/up/demo/blobs/{digest}", bridge.url()),
+        format!("{}/v2/up/demo/manifests/0.1.0", bridge.url()),
+        format!("{}/up/-/demo/0.1.0/demo-0.1.0.tgz", bridge.url()),
+    ];
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(30));
+    let handles: Vec<_> = (0..30)
+        .map(|i| {
+            let url = urls[i % 3].clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                let r = get(&url);
+                (r.status().as_u16(), r.bytes().unwrap().len())
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().0, 200);
+    }
+    assert_eq!(
+        nginx_hits(&web, "GET /demo-0.1.0.tgz "),
+        1,
+        "one archive fetch upstream"
+    );
+    assert_eq!(
+        nginx_hits(&web, "GET /index.yaml "),
+        1,
+        "one index fetch upstream"
+    );
+}
