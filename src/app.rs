@@ -80,13 +80,16 @@ impl App {
             Ok(r) => self.dispatch(r, req).await,
             Err(e) => Err(e),
         };
+        let mut error = None;
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
                 if e.is_upstream() || e.kind() == Kind::Internal {
                     tracing::warn!(path = %req.path, error = %e, "request failed");
                 }
-                error_response(&e, api)
+                let r = error_response(&e, api);
+                error = Some(e);
+                r
             }
         };
         if api == Api::Oci && resp.get_header("Docker-Distribution-API-Version").is_none() {
@@ -102,6 +105,7 @@ impl App {
                 status = resp.status,
                 bytes = resp.body.len(),
                 ms = start.elapsed().as_millis() as u64,
+                error = error.as_ref().map(|e| e.message()),
             );
         }
         resp

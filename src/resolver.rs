@@ -468,7 +468,17 @@ impl HelmUpstream {
     /// The OCI manifest for one chart version, built once and remembered (memory, then a ref on
     /// disk), so a restarted or disconnected mirror serves the same bytes.
     pub async fn manifest(self: &Arc<Self>, chart: &str, version: &str) -> Result<ServedManifest> {
-        let ref_name = format!("manifest\0{}\0{chart}\0{version}", self.config.name);
+        // Keyed by the index digest too: a republished archive gets its own manifest.
+        let state = self.index().await?;
+        let entry_digest = state
+            .index
+            .find(chart, version)
+            .map(|e| e.digest.clone())
+            .unwrap_or_default();
+        let ref_name = format!(
+            "manifest\0{}\0{chart}\0{version}\0{entry_digest}",
+            self.config.name
+        );
         if let Some(d) = self.refs.get(&ref_name).await {
             if let Some(m) = self.manifest_by_digest(&d).await? {
                 return Ok(m);

@@ -177,6 +177,29 @@ fn bad_requests_get_clear_oci_errors() {
         .send()
         .unwrap();
     assert_eq!(oci_code(put), (405, "UNSUPPORTED".to_string()));
+    // a chart of a helm upstream is one name component
+    assert_eq!(
+        oci_code(get(&format!("{u}/v2/up/x/demo/manifests/0.1.0"))),
+        (404, "NAME_UNKNOWN".to_string())
+    );
+    // the mirror answers plain-text errors, and refuses traversal
+    for path in [
+        "/up/-/../demo/0.1.0/demo-0.1.0.tgz",
+        "/up/-/demo/0.1.0/..%2F..%2Fetc%2Fpasswd",
+        "/up/-/demo%2F..%2F/0.1.0/x.tgz",
+    ] {
+        let r = get(&format!("{u}{path}"));
+        assert!(
+            matches!(r.status().as_u16(), 400 | 404),
+            "{path}: {}",
+            r.status()
+        );
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+    }
+    assert_eq!(get(&format!("{u}/nope/index.yaml")).status(), 404);
     // the process is still healthy after all of that
     assert_eq!(get(&format!("{u}/healthz")).status(), 200);
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cli;
 mod helm_clients;
 mod mirror;
 mod oci_api;

@@ -11,6 +11,19 @@ use crate::http::{blob_response, Request, Response};
 use crate::ids::{Digest, Reference, RepoName, UpstreamName};
 use crate::resolver::HelmUpstream;
 
+/// The chart a repository name means under a helm upstream: a chart name is one component.
+fn chart(repo: &RepoName) -> Result<&str> {
+    if repo.as_str().contains('/') {
+        return Err(Error::new(
+            Kind::NameUnknown,
+            format!(
+                "{repo:?} is not a chart: charts of a helm upstream are /v2/<upstream>/<chart>"
+            ),
+        ));
+    }
+    Ok(repo.as_str())
+}
+
 /// `GET /v2/`.
 pub fn api_base(req: &Request) -> Response {
     Response::new(200).with_body("application/json", Bytes::from_static(b"{}"), req.is_head())
@@ -25,7 +38,7 @@ pub async fn tags(
     last: Option<&str>,
     req: &Request,
 ) -> Result<Response> {
-    let all = up.tags(repo.last()).await?;
+    let all = up.tags(chart(repo)?).await?;
     let start = match last {
         Some(l) => all.partition_point(|t| t.as_str() <= l),
         None => 0,
@@ -63,11 +76,11 @@ pub async fn manifest(
 ) -> Result<Response> {
     let m = match reference {
         Reference::Tag(tag) => {
-            let resolved = up.resolve(repo.last(), tag).await?;
+            let resolved = up.resolve(chart(repo)?, tag).await?;
             if resolved.synthesized_latest {
                 crate::metrics::latest_synthesized();
             }
-            up.manifest(repo.last(), &resolved.version).await?
+            up.manifest(chart(repo)?, &resolved.version).await?
         }
         Reference::Digest(d) => up
             .manifest_by_digest(d)
@@ -87,7 +100,7 @@ pub async fn blob(
     d: &Digest,
     req: &Request,
 ) -> Result<Response> {
-    let bytes = up.blob(repo.last(), d).await?;
+    let bytes = up.blob(chart(repo)?, d).await?;
     Ok(blob_response(
         req,
         "application/octet-stream",
