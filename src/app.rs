@@ -97,13 +97,18 @@ impl App {
                 .push(("Docker-Distribution-API-Version", "registry/2.0".into()));
         }
         if kind != "health" {
-            crate::metrics::request(kind, &req.method, resp.status, resp.body.len() as u64);
+            let bytes = if req.is_head() {
+                0
+            } else {
+                resp.content_length()
+            };
+            crate::metrics::request(kind, &req.method, resp.status, bytes);
             tracing::info!(
                 target: "access",
                 method = %req.method,
                 path = %req.path,
                 status = resp.status,
-                bytes = resp.body.len(),
+                bytes,
                 ms = start.elapsed().as_millis() as u64,
                 error = error.as_ref().map(|e| e.message()),
             );

@@ -24,13 +24,55 @@ impl Request {
     }
 }
 
-#[derive(Clone, Debug)]
+/// A response body. Small things are whole; blobs on disk and blobs arriving from an upstream
+/// are streamed so that neither memory nor the client's first byte waits for the whole blob.
+#[derive(Debug)]
+pub enum Body {
+    Full(Bytes),
+    /// `len` bytes of an open file from `offset` (the file stays readable even if evicted).
+    File {
+        file: tokio::fs::File,
+        offset: u64,
+        len: u64,
+    },
+    /// Chunks as they arrive. An `Err` (or the channel closing before `Content-Length` bytes)
+    /// aborts the response: the client sees a broken connection, never a complete wrong body.
+    Stream(tokio::sync::mpsc::Receiver<Result<Bytes, Error>>),
+}
+
+impl Body {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Body::Full(b) if b.is_empty())
+    }
+}
+
+/// Blob bytes as a store hands them out: in memory, or an open file of a known length.
+#[derive(Debug)]
+pub enum BlobData {
+    Bytes(Bytes),
+    File(tokio::fs::File, u64),
+}
+
+impl BlobData {
+    pub fn len(&self) -> u64 {
+        match self {
+            BlobData::Bytes(b) => b.len() as u64,
+            BlobData::File(_, n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug)]
 pub struct Response {
     pub status: u16,
     /// Includes `Content-Length`, which is the full body length even for HEAD.
     pub headers: Vec<(&'static str, String)>,
     /// Empty for HEAD and bodiless statuses.
-    pub body: Bytes,
+    pub body: Body,
 }
 
 impl Response {
@@ -38,7 +80,7 @@ impl Response {
         Response {
             status,
             headers: Vec::new(),
-            body: Bytes::new(),
+            body: Body::Full(Bytes::new()),
         }
     }
 
@@ -61,9 +103,30 @@ impl Response {
             .header("Content-Type", content_type)
             .header("Content-Length", body.len().to_string());
         if !head {
-            self.body = body;
+            self.body = Body::Full(body);
         }
         self
+    }
+
+    /// A body of `len` bytes that will arrive on `rx`.
+    pub fn with_stream(
+        mut self,
+        content_type: &str,
+        len: u64,
+        rx: tokio::sync::mpsc::Receiver<Result<Bytes, Error>>,
+    ) -> Response {
+        self = self
+            .header("Content-Type", content_type)
+            .header("Content-Length", len.to_string());
+        self.body = Body::Stream(rx);
+        self
+    }
+
+    /// The Content-Length this response declares (for logs and metrics).
+    pub fn content_length(&self) -> u64 {
+        self.get_header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -150,23 +213,29 @@ pub fn blob_response(
     bytes: Bytes,
     digest: Option<&Digest>,
 ) -> Response {
-    let len = bytes.len() as u64;
+    data_response(req, content_type, BlobData::Bytes(bytes), digest)
+}
+
+/// As `blob_response`, for bytes in memory or in an open file.
+pub fn data_response(
+    req: &Request,
+    content_type: &str,
+    data: BlobData,
+    digest: Option<&Digest>,
+) -> Response {
+    let len = data.len();
     let mut resp = Response::new(200).header("Accept-Ranges", "bytes");
     if let Some(d) = digest {
         resp = resp
             .header("Docker-Content-Digest", d.to_string())
             .header("ETag", format!("\"{d}\""));
     }
-    match parse_range(req.range.as_deref(), len) {
-        RangeReq::Full => resp.with_body(content_type, bytes, req.is_head()),
+    let (start, end) = match parse_range(req.range.as_deref(), len) {
+        RangeReq::Full => (0, len),
         RangeReq::Part(s, e) => {
             resp.status = 206;
-            resp.header("Content-Range", format!("bytes {s}-{e}/{len}"))
-                .with_body(
-                    content_type,
-                    bytes.slice(s as usize..=e as usize),
-                    req.is_head(),
-                )
+            resp = resp.header("Content-Range", format!("bytes {s}-{e}/{len}"));
+            (s, e + 1)
         }
         RangeReq::Unsatisfiable => {
             let mut r = error_response(
@@ -174,7 +243,27 @@ pub fn blob_response(
                 Api::Plain,
             );
             r.headers.push(("Content-Range", format!("bytes */{len}")));
-            r
+            return r;
+        }
+    };
+    match data {
+        BlobData::Bytes(b) => resp.with_body(
+            content_type,
+            b.slice(start as usize..end as usize),
+            req.is_head(),
+        ),
+        BlobData::File(file, _) => {
+            resp = resp
+                .header("Content-Type", content_type)
+                .header("Content-Length", (end - start).to_string());
+            if !req.is_head() {
+                resp.body = Body::File {
+                    file,
+                    offset: start,
+                    len: end - start,
+                };
+            }
+            resp
         }
     }
 }
@@ -216,7 +305,10 @@ mod tests {
     fn oci_errors_are_json_with_codes() {
         let r = error_response(&Error::new(Kind::DigestInvalid, "bad"), Api::Oci);
         assert_eq!(r.status, 400);
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let Body::Full(body) = &r.body else {
+            panic!("whole body expected")
+        };
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
     }
 }

@@ -13,7 +13,9 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::listening::Service;
 
 use crate::app::App;
-use crate::http::{Request, Response};
+use bytes::Bytes;
+
+use crate::http::{Body, Request, Response};
 
 /// Seconds a SIGTERM waits for in-flight requests (pingora's default is 300).
 const GRACE_SECONDS: u64 = 10;
@@ -69,16 +71,64 @@ impl HttpServerApp for Http {
 }
 
 async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<()> {
+    let declared = resp.content_length();
     let mut head = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))?;
     for (k, v) in &resp.headers {
         head.insert_header(*k, v.as_str())?;
     }
-    let empty = resp.body.is_empty();
     session.write_response_header(Box::new(head)).await?;
-    if !empty {
-        session.write_response_body(resp.body, true).await?;
+    match resp.body {
+        Body::Full(b) if b.is_empty() => {}
+        Body::Full(b) => session.write_response_body(b, true).await?,
+        Body::File {
+            mut file,
+            offset,
+            len,
+        } => {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| abort(format!("seek: {e}")))?;
+            let mut left = len;
+            while left > 0 {
+                let mut buf = vec![0u8; CHUNK.min(left as usize)];
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| abort(format!("read: {e}")))?;
+                if n == 0 {
+                    return Err(abort("cached blob shorter than its length".into()));
+                }
+                buf.truncate(n);
+                left -= n as u64;
+                session
+                    .write_response_body(Bytes::from(buf), left == 0)
+                    .await?;
+            }
+        }
+        Body::Stream(mut rx) => {
+            let mut sent = 0u64;
+            while let Some(chunk) = rx.recv().await {
+                let chunk = chunk.map_err(|e| abort(e.to_string()))?;
+                sent += chunk.len() as u64;
+                session.write_response_body(chunk, false).await?;
+            }
+            if sent != declared {
+                return Err(abort(format!(
+                    "stream ended after {sent} of {declared} bytes"
+                )));
+            }
+        }
     }
     session.finish_body().await
+}
+
+/// Reading from a file, a blob this big at a time.
+const CHUNK: usize = 256 << 10;
+
+/// An error that makes the server drop the connection mid-body.
+fn abort(why: String) -> Box<pingora::Error> {
+    pingora::Error::explain(pingora::ErrorType::WriteError, why)
 }
 
 /// Runs the server until a signal stops it. Never returns.

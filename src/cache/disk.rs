@@ -6,14 +6,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{digest_mismatch, BlobStore};
+use sha2::{Digest as _, Sha256};
+
+use super::{digest_mismatch, BlobStore, BlobWrite};
 use crate::error::{Error, Result};
+use crate::http::BlobData;
 use crate::ids::Digest;
 
 struct Entry {
@@ -31,7 +34,7 @@ struct State {
 pub struct DiskStore {
     root: PathBuf,
     max_bytes: u64,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 impl DiskStore {
@@ -45,7 +48,7 @@ impl DiskStore {
         Ok(DiskStore {
             root,
             max_bytes,
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
         })
     }
 
@@ -66,10 +69,13 @@ impl DiskStore {
             e.last_use = now;
         }
     }
+}
 
-    /// Records a new blob and picks the least recently used others to evict to fit the budget.
-    fn admit(&self, d: &Digest, size: u64) -> Vec<Digest> {
-        let mut st = self.state.lock().expect("disk state poisoned");
+/// Records a new blob, evicts least recently used others to fit the budget, and removes their
+/// files.
+async fn admit(root: &Path, state: &Mutex<State>, max_bytes: u64, d: &Digest, size: u64) {
+    let victims = {
+        let mut st = state.lock().expect("disk state poisoned");
         st.clock += 1;
         let now = st.clock;
         if st
@@ -86,7 +92,7 @@ impl DiskStore {
             st.used += size;
         }
         let mut victims = Vec::new();
-        if st.used > self.max_bytes {
+        if st.used > max_bytes {
             let mut by_age: Vec<(u64, Digest, u64)> = st
                 .entries
                 .iter()
@@ -95,7 +101,7 @@ impl DiskStore {
                 .collect();
             by_age.sort();
             for (_, k, size) in by_age {
-                if st.used <= self.max_bytes {
+                if st.used <= max_bytes {
                     break;
                 }
                 st.entries.remove(&k);
@@ -104,6 +110,87 @@ impl DiskStore {
             }
         }
         victims
+    };
+    for victim in victims {
+        let _ = tokio::fs::remove_file(root.join("sha256").join(victim.hex())).await;
+        crate::metrics::evicted();
+    }
+}
+
+/// A blob being written: bytes go to a temp file and through a hasher; `commit` checks the
+/// digest, fsyncs and renames into place. Dropped without commit, the temp file is removed.
+pub struct DiskWriter {
+    root: PathBuf,
+    max_bytes: u64,
+    state: Arc<Mutex<State>>,
+    digest: Digest,
+    tmp: PathBuf,
+    file: Option<tokio::fs::File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Drop for DiskWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[async_trait]
+impl BlobWrite for DiskWriter {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::internal("write after commit"))?;
+        f.write_all(chunk).await?;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        if actual != self.digest {
+            return Err(digest_mismatch(&self.digest, &actual));
+        }
+        let f = self
+            .file
+            .take()
+            .ok_or_else(|| Error::internal("double commit"))?;
+        let std_file = f.into_std().await;
+        let (tmp, dest) = (
+            self.tmp.clone(),
+            self.root.join("sha256").join(self.digest.hex()),
+        );
+        let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std_file.sync_all()?;
+            drop(std_file);
+            std::fs::rename(&tmp, &dest).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+            if let Some(parent) = dest.parent() {
+                if let Ok(dir) = std::fs::File::open(parent) {
+                    let _ = dir.sync_all();
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("cache commit task failed: {e}")))?;
+        done?;
+        admit(
+            &self.root,
+            &self.state,
+            self.max_bytes,
+            &self.digest,
+            self.size,
+        )
+        .await;
+        Ok(())
     }
 }
 
@@ -220,11 +307,43 @@ impl BlobStore for DiskStore {
         })
         .await
         .map_err(|e| Error::internal(format!("cache write task failed: {e}")))??;
-        for victim in self.admit(d, bytes.len() as u64) {
-            let _ = tokio::fs::remove_file(self.blob_path(&victim)).await;
-            crate::metrics::evicted();
-        }
+        admit(
+            &self.root,
+            &self.state,
+            self.max_bytes,
+            d,
+            bytes.len() as u64,
+        )
+        .await;
         Ok(())
+    }
+
+    async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
+        let Some(size) = self.stat(d).await? else {
+            return Ok(None);
+        };
+        match tokio::fs::File::open(self.blob_path(d)).await {
+            Ok(f) => {
+                self.touch(d);
+                Ok(Some(BlobData::File(f, size)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
+        let (tmp, file) = tempfile_in(&self.root.join("tmp"))?;
+        Ok(Box::new(DiskWriter {
+            root: self.root.clone(),
+            max_bytes: self.max_bytes,
+            state: self.state.clone(),
+            digest: d.clone(),
+            tmp,
+            file: Some(tokio::fs::File::from_std(file)),
+            hasher: Sha256::new(),
+            size: 0,
+        }))
     }
 }
 

@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use moka::future::Cache;
 
-use super::{digest_mismatch, BlobStore};
+use super::{digest_mismatch, BlobStore, BlobWrite};
 use crate::error::Result;
+use crate::http::BlobData;
 use crate::ids::Digest;
 
 pub struct MemoryStore {
@@ -23,6 +24,11 @@ impl MemoryStore {
                 .build(),
             max_item: max_bytes / 16,
         }
+    }
+
+    /// Largest blob this tier keeps.
+    pub fn max_item(&self) -> u64 {
+        self.max_item
     }
 
     /// Inserts bytes already known to match the digest (read from a verified tier).
@@ -49,6 +55,45 @@ impl BlobStore for MemoryStore {
             return Err(digest_mismatch(d, &actual));
         }
         self.insert_verified(d.clone(), bytes).await;
+        Ok(())
+    }
+
+    async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
+        Ok(self.cache.get(d).await.map(BlobData::Bytes))
+    }
+
+    async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
+        Ok(Box::new(MemoryWriter {
+            cache: self.cache.clone(),
+            max_item: self.max_item,
+            digest: d.clone(),
+            buf: Vec::new(),
+        }))
+    }
+}
+
+struct MemoryWriter {
+    cache: Cache<Digest, Bytes>,
+    max_item: u64,
+    digest: Digest,
+    buf: Vec<u8>,
+}
+
+#[async_trait]
+impl BlobWrite for MemoryWriter {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let actual = Digest::of(&self.buf);
+        if actual != self.digest {
+            return Err(digest_mismatch(&self.digest, &actual));
+        }
+        if (self.buf.len() as u64) <= self.max_item {
+            self.cache.insert(self.digest, Bytes::from(self.buf)).await;
+        }
         Ok(())
     }
 }

@@ -15,11 +15,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use disk::DiskStore;
+pub use disk::DiskWriter;
 pub use flight::Flight;
 pub use memory::MemoryStore;
 pub use refs::RefStore;
 
 use crate::error::{Error, Result};
+use crate::http::BlobData;
 use crate::ids::Digest;
 
 /// Content-addressed blob storage. `put` verifies that the bytes hash to the digest and refuses
@@ -32,6 +34,18 @@ pub trait BlobStore: Send + Sync {
     async fn get(&self, digest: &Digest) -> Result<Option<Bytes>>;
     /// Stores a blob after checking its digest. Storing a present blob is a no-op.
     async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
+    /// The blob for serving: bytes, or an open file for big blobs on disk.
+    async fn read(&self, digest: &Digest) -> Result<Option<BlobData>>;
+    /// Starts a streaming write of a blob expected to hash to `digest`.
+    async fn begin(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>>;
+}
+
+/// A blob being written in chunks. Nothing is visible under the digest until `commit`, which
+/// verifies the digest; dropping the writer abandons the write.
+#[async_trait]
+pub trait BlobWrite: Send {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// The error for bytes that do not hash to the digest they were offered under.
@@ -73,6 +87,33 @@ impl BlobCache {
         Ok(hit)
     }
 
+    /// The blob for serving: small blobs as bytes (promoted to memory), big ones as a file.
+    pub async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
+        if let Some(b) = self.memory.get(d).await? {
+            crate::metrics::cache_lookup("memory", true);
+            return Ok(Some(BlobData::Bytes(b)));
+        }
+        crate::metrics::cache_lookup("memory", false);
+        let hit = self.disk.read(d).await?;
+        crate::metrics::cache_lookup("disk", hit.is_some());
+        match hit {
+            Some(BlobData::File(mut f, n)) if n <= self.memory.max_item() => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::with_capacity(n as usize);
+                f.read_to_end(&mut buf).await?;
+                let b = Bytes::from(buf);
+                self.memory.insert_verified(d.clone(), b.clone()).await;
+                Ok(Some(BlobData::Bytes(b)))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Starts a streaming write to the disk tier.
+    pub async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
+        self.disk.begin(d).await
+    }
+
     pub async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
         self.disk.put(d, bytes.clone()).await?;
         self.memory.insert_verified(d.clone(), bytes).await;
@@ -99,16 +140,39 @@ mod conformance {
         let other = Digest::of(b"other");
         assert!(store.put(&other, data.clone()).await.is_err());
         assert_eq!(store.get(&other).await.unwrap(), None);
+        // streaming writes: verified at commit, invisible before, abandoned when dropped
+        let big = Bytes::from(vec![7u8; 100_000]);
+        let bd = Digest::of(&big);
+        let mut w = store.begin(&bd).await.unwrap();
+        w.write(&big[..50_000]).await.unwrap();
+        assert_eq!(store.stat(&bd).await.unwrap(), None);
+        w.write(&big[50_000..]).await.unwrap();
+        w.commit().await.unwrap();
+        let read = store.read(&bd).await.unwrap().unwrap();
+        assert_eq!(read.len(), 100_000);
+        let mut w = store.begin(&other).await.unwrap();
+        w.write(b"not other").await.unwrap();
+        assert!(w.commit().await.is_err());
+        assert_eq!(store.stat(&other).await.unwrap(), None);
+        let mut w = store.begin(&other).await.unwrap();
+        w.write(b"other").await.unwrap();
+        drop(w);
+        assert_eq!(store.stat(&other).await.unwrap(), None);
     }
 
     #[tokio::test]
     async fn memory_store_conforms() {
-        check(&MemoryStore::new(1 << 20)).await;
+        check(&MemoryStore::new(16 << 20)).await;
     }
 
     #[tokio::test]
     async fn disk_store_conforms() {
         let dir = tempfile::tempdir().unwrap();
         check(&DiskStore::open(dir.path(), 1 << 20).await.unwrap()).await;
+        // nothing left behind in tmp/ by the abandoned and refused writes
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }
