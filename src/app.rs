@@ -11,17 +11,19 @@ use bytes::Bytes;
 
 use crate::cache::{BlobCache, DiskStore, MemoryStore, RefStore};
 use crate::config::Config;
+use crate::config::UpstreamKind;
 use crate::error::{Error, Kind, Result};
 use crate::http::{error_response, Api, Request, Response};
+use crate::ids::RepoName;
 use crate::ids::UpstreamName;
-use crate::resolver::HelmUpstream;
+use crate::resolver::{HelmUpstream, OciUpstream, Source};
 use crate::route::{self, OciOp, Route};
 use crate::upstream::UpstreamClient;
 use crate::views;
 
 pub struct App {
     config: Config,
-    upstreams: HashMap<UpstreamName, Arc<HelmUpstream>>,
+    upstreams: HashMap<UpstreamName, Source>,
 }
 
 impl App {
@@ -40,15 +42,24 @@ impl App {
         let client = Arc::new(UpstreamClient::new()?);
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
-            let helm = HelmUpstream::new(
-                u.clone(),
-                client.clone(),
-                blobs.clone(),
-                refs.clone(),
-                config.limits,
-                dir,
-            )?;
-            upstreams.insert(u.name.clone(), Arc::new(helm));
+            let source = match u.kind {
+                UpstreamKind::Helm => Source::Helm(Arc::new(HelmUpstream::new(
+                    u.clone(),
+                    client.clone(),
+                    blobs.clone(),
+                    refs.clone(),
+                    config.limits,
+                    dir,
+                )?)),
+                UpstreamKind::Oci => Source::Oci(Arc::new(OciUpstream::new(
+                    u.clone(),
+                    client.http().clone(),
+                    blobs.clone(),
+                    refs.clone(),
+                    config.limits,
+                ))),
+            };
+            upstreams.insert(u.name.clone(), source);
         }
         Ok(App { config, upstreams })
     }
@@ -57,13 +68,65 @@ impl App {
         &self.config
     }
 
-    fn upstream(&self, name: &UpstreamName) -> Result<&Arc<HelmUpstream>> {
+    fn upstream(&self, name: &UpstreamName) -> Result<&Source> {
         self.upstreams.get(name).ok_or_else(|| {
             Error::new(
                 Kind::NameUnknown,
                 format!("no upstream named {name:?} is configured"),
             )
         })
+    }
+
+    fn helm(&self, name: &UpstreamName) -> Result<&Arc<HelmUpstream>> {
+        match self.upstream(name)? {
+            Source::Helm(h) => Ok(h),
+            Source::Oci(_) => Err(Error::new(
+                Kind::NotFound,
+                format!(
+                    "{name} is an OCI upstream: its charts are at /{name}/<repository>/index.yaml"
+                ),
+            )),
+        }
+    }
+
+    /// Which upstream serves a repository name, and the name below it: containerd's `ns`
+    /// (matched against each upstream's registry host; an unknown host is never dialled), else a
+    /// path prefix naming an upstream, else the default upstream.
+    fn select(&self, name: &RepoName, ns: Option<&str>) -> Result<(&Source, RepoName)> {
+        if let Some(ns) = ns {
+            let host = match ns {
+                "docker.io" | "index.docker.io" => "registry-1.docker.io",
+                h => h,
+            };
+            let u = self
+                .config
+                .upstreams
+                .iter()
+                .find(|u| {
+                    u.host_port() == host || (u.is_docker_hub() && host == "registry-1.docker.io")
+                })
+                .ok_or_else(|| {
+                    Error::new(
+                        Kind::NameUnknown,
+                        format!("no upstream is configured for registry {ns:?}"),
+                    )
+                })?;
+            return Ok((self.upstream(&u.name)?, name.clone()));
+        }
+        if let Some((first, rest)) = name.as_str().split_once('/') {
+            if let Ok(up) = first.parse::<UpstreamName>() {
+                if let Some(src) = self.upstreams.get(&up) {
+                    return Ok((src, rest.parse()?));
+                }
+            }
+        }
+        match &self.config.default_upstream {
+            Some(d) => Ok((self.upstream(d)?, name.clone())),
+            None => Err(Error::new(
+                Kind::NameUnknown,
+                format!("{name:?} names no configured upstream (use /v2/<upstream>/<repository>)"),
+            )),
+        }
     }
 
     /// Handles one request. Never panics on input: every failure becomes an error response.
@@ -119,29 +182,30 @@ impl App {
     async fn dispatch(&self, route: Route, req: &Request) -> Result<Response> {
         match route {
             Route::ApiBase => Ok(views::oci::api_base(req)),
-            Route::Oci { upstream, repo, op } => {
-                let up = self.upstream(&upstream)?;
+            Route::Oci { name, ns, op } => {
+                let (src, repo) = self.select(&name, ns.as_deref())?;
                 match op {
                     OciOp::Tags { n, last } => {
-                        views::oci::tags(up, &upstream, &repo, n, last.as_deref(), req).await
+                        views::oci::tags(src, &name, &repo, n, last.as_deref(), req).await
                     }
                     OciOp::Manifest(reference) => {
-                        views::oci::manifest(up, &repo, &reference, req).await
+                        views::oci::manifest(src, &repo, &reference, req).await
                     }
-                    OciOp::Blob(d) => views::oci::blob(up, &repo, &d, req).await,
+                    OciOp::Blob(d) => views::oci::blob(src, &repo, &d, req).await,
+                    OciOp::Referrers(d, q) => {
+                        views::oci::referrers(src, &repo, &d, q.as_deref(), req).await
+                    }
                 }
             }
             Route::MirrorIndex { upstream } => {
-                views::mirror::index(self.upstream(&upstream)?, req).await
+                views::mirror::index(self.helm(&upstream)?, req).await
             }
             Route::MirrorArchive {
                 upstream,
                 chart,
                 version,
                 prov,
-            } => {
-                views::mirror::archive(self.upstream(&upstream)?, &chart, &version, prov, req).await
-            }
+            } => views::mirror::archive(self.helm(&upstream)?, &chart, &version, prov, req).await,
             Route::Metrics => Ok(Response::new(200).with_body(
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 Bytes::from(crate::metrics::render()),

@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
+    /// Upstream that serves `/v2/<repository>` when the first segment names no upstream.
+    pub default_upstream: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +49,8 @@ pub struct RawLimits {
     pub max_index_bytes: Option<String>,
     /// Largest chart archive (or `.prov`) accepted. Default `64MiB`.
     pub max_chart_bytes: Option<String>,
+    /// Largest blob (image layer) accepted from an OCI upstream. Default `16GiB`.
+    pub max_blob_bytes: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +64,31 @@ pub struct RawUpstream {
     pub url: String,
     /// How long a fetched index stays fresh. Default `5m`.
     pub index_ttl: Option<String>,
+    /// oci: how long a tag -> digest resolution and a tag list stay fresh. Default `1m`.
+    pub tag_ttl: Option<String>,
+    /// oci: `synthesize-if-missing` (default), `always` or `never`.
+    pub latest: Option<String>,
+    /// oci: credentials for the upstream registry.
+    pub credentials: Option<RawCredentials>,
+    /// oci: chart repositories listed in the upstream-level index.yaml.
+    #[serde(default)]
+    pub charts: Vec<String>,
+}
+
+/// Where a registry's credentials come from. Secrets are read from environment variables or
+/// files; an inline `password` is refused unless `allow_inline_password: true` says the user
+/// really means it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    pub username: Option<String>,
+    pub username_env: Option<String>,
+    pub username_file: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub password: Option<String>,
+    #[serde(default)]
+    pub allow_inline_password: bool,
 }
 
 /// What kind of upstream this is.
@@ -67,6 +96,32 @@ pub struct RawUpstream {
 pub enum UpstreamKind {
     /// A legacy Helm HTTP repository (`index.yaml` + archives).
     Helm,
+    /// An OCI registry (charts and images), mirrored byte for byte.
+    Oci,
+}
+
+/// When `latest` is synthesised for an OCI upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatestPolicy {
+    /// Pass the upstream's `latest` through; synthesise only when it has none.
+    SynthesizeIfMissing,
+    /// Always the highest stable semver tag, even over an upstream `latest`.
+    Always,
+    /// Never synthesise.
+    Never,
+}
+
+/// Registry credentials, resolved from their sources at load time.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.username)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +132,29 @@ pub struct Upstream {
     /// resolves them.
     pub url: Url,
     pub index_ttl: Duration,
+    pub tag_ttl: Duration,
+    pub latest: LatestPolicy,
+    pub credentials: Option<Credentials>,
+    pub charts: Vec<crate::ids::RepoName>,
+}
+
+impl Upstream {
+    /// `host[:port]` as containerd's `ns` parameter names this upstream's registry.
+    pub fn host_port(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        match self.url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        }
+    }
+
+    /// Whether this upstream is Docker Hub (names get `library/` where Docker adds it).
+    pub fn is_docker_hub(&self) -> bool {
+        matches!(
+            self.url.host_str(),
+            Some("registry-1.docker.io" | "docker.io" | "index.docker.io")
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +168,7 @@ pub struct CacheConfig {
 pub struct Limits {
     pub max_index_bytes: u64,
     pub max_chart_bytes: u64,
+    pub max_blob_bytes: u64,
 }
 
 /// The validated configuration.
@@ -99,6 +178,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
+    pub default_upstream: Option<UpstreamName>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +234,11 @@ impl Config {
                 "limits.max_chart_bytes",
                 64 << 20,
             )?,
+            max_blob_bytes: size(
+                &raw.limits.max_blob_bytes,
+                "limits.max_blob_bytes",
+                16 << 30,
+            )?,
         };
         let mut upstreams: Vec<Upstream> = Vec::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {
@@ -171,9 +256,10 @@ impl Config {
             }
             let kind = match u.kind.as_str() {
                 "helm" => UpstreamKind::Helm,
+                "oci" => UpstreamKind::Oci,
                 other => {
                     return Err(err(format!(
-                        "{at}.kind: unknown kind {other:?} (supported: helm)"
+                        "{at}.kind: unknown kind {other:?} (supported: helm, oci)"
                     )))
                 }
             };
@@ -190,24 +276,107 @@ impl Config {
                 Some(s) => parse_duration(s).map_err(|e| err(format!("{at}.index_ttl: {e}")))?,
                 None => Duration::from_secs(300),
             };
+            let tag_ttl = match &u.tag_ttl {
+                Some(s) => parse_duration(s).map_err(|e| err(format!("{at}.tag_ttl: {e}")))?,
+                None => Duration::from_secs(60),
+            };
+            let latest = match u.latest.as_deref() {
+                None | Some("synthesize-if-missing") => LatestPolicy::SynthesizeIfMissing,
+                Some("always") => LatestPolicy::Always,
+                Some("never") => LatestPolicy::Never,
+                Some(other) => {
+                    return Err(err(format!(
+                        "{at}.latest: {other:?} is not synthesize-if-missing, always or never"
+                    )))
+                }
+            };
+            let credentials = match u.credentials {
+                Some(c) => Some(
+                    resolve_credentials(c).map_err(|e| err(format!("{at}.credentials: {e}")))?,
+                ),
+                None => None,
+            };
+            let charts = u
+                .charts
+                .iter()
+                .map(|c| {
+                    c.parse()
+                        .map_err(|e: crate::error::Error| err(format!("{at}.charts: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if kind == UpstreamKind::Helm
+                && (credentials.is_some() || !charts.is_empty() || u.latest.is_some())
+            {
+                return Err(err(format!(
+                    "{at}: credentials, charts and latest apply to kind oci only"
+                )));
+            }
             upstreams.push(Upstream {
                 name,
                 kind,
                 url,
                 index_ttl,
+                tag_ttl,
+                latest,
+                credentials,
+                charts,
             });
         }
+        let default_upstream = match raw.default_upstream {
+            Some(d) => {
+                let n: UpstreamName = d
+                    .parse()
+                    .map_err(|e: crate::error::Error| err(format!("default_upstream: {e}")))?;
+                if !upstreams.iter().any(|u| u.name == n) {
+                    return Err(err(format!("default_upstream: no upstream named {d:?}")));
+                }
+                Some(n)
+            }
+            None => None,
+        };
         Ok(Config {
             listen,
             cache,
             limits,
             upstreams,
+            default_upstream,
         })
     }
 
     pub fn upstream(&self, name: &UpstreamName) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| &u.name == name)
     }
+}
+
+fn resolve_credentials(c: RawCredentials) -> Result<Credentials, String> {
+    fn one(
+        inline: Option<String>,
+        env: Option<String>,
+        file: Option<String>,
+        what: &str,
+    ) -> Result<String, String> {
+        match (inline, env, file) {
+            (Some(v), None, None) => Ok(v),
+            (None, Some(var), None) => std::env::var(&var)
+                .map_err(|_| format!("{what}_env: environment variable {var} is not set")),
+            (None, None, Some(path)) => std::fs::read_to_string(&path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("{what}_file: cannot read {path}: {e}")),
+            (None, None, None) => Err(format!("no {what} given")),
+            _ => Err(format!("give exactly one source for the {what}")),
+        }
+    }
+    if c.password.is_some() && !c.allow_inline_password {
+        return Err(
+            "an inline password is refused: use password_env or password_file \
+                    (or set allow_inline_password: true)"
+                .into(),
+        );
+    }
+    Ok(Credentials {
+        username: one(c.username, c.username_env, c.username_file, "username")?,
+        password: one(c.password, c.password_env, c.password_file, "password")?,
+    })
 }
 
 /// Parses `10GiB`, `256MiB`, `64KiB`, `1GB`, `512` (bytes).

@@ -27,6 +27,8 @@ pub enum Kind {
     UpstreamInvalid,
     /// The upstream could not be reached or answered with a server error.
     UpstreamUnavailable,
+    /// The upstream rate-limits us (429); `retry_after` says for how long when it said so.
+    UpstreamRateLimited,
     // chartbridge itself.
     Internal,
 }
@@ -35,6 +37,7 @@ pub enum Kind {
 pub struct Error {
     kind: Kind,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl Error {
@@ -42,7 +45,18 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Seconds the upstream asked us to wait, for a 429.
+    pub fn with_retry_after(mut self, secs: Option<u64>) -> Error {
+        self.retry_after = secs;
+        self
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
     }
 
     pub fn kind(&self) -> Kind {
@@ -67,7 +81,10 @@ impl Error {
 
     /// Whether the error is the upstream's fault (logged at warn, not error).
     pub fn is_upstream(&self) -> bool {
-        matches!(self.kind, Kind::UpstreamInvalid | Kind::UpstreamUnavailable)
+        matches!(
+            self.kind,
+            Kind::UpstreamInvalid | Kind::UpstreamUnavailable | Kind::UpstreamRateLimited
+        )
     }
 }
 

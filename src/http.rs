@@ -152,9 +152,13 @@ pub fn error_response(err: &Error, api: Api) -> Response {
         Kind::RangeNotSatisfiable => (416, "RANGE_INVALID"),
         Kind::UpstreamInvalid => (502, "UPSTREAM_INVALID"),
         Kind::UpstreamUnavailable => (502, "UNAVAILABLE"),
+        Kind::UpstreamRateLimited => (429, "TOOMANYREQUESTS"),
         Kind::Internal => (500, "UNKNOWN"),
     };
-    let resp = Response::new(status);
+    let mut resp = Response::new(status);
+    if let Some(secs) = err.retry_after() {
+        resp = resp.header("Retry-After", secs.to_string());
+    }
     match api {
         Api::Oci => {
             let body = serde_json::json!({

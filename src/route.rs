@@ -11,11 +11,13 @@ use crate::ids::{Digest, Reference, RepoName, UpstreamName};
 pub enum Route {
     /// `GET /v2/`: the API version check.
     ApiBase,
-    /// `/v2/<upstream>/<repo>/...`
+    /// `/v2/<name>/...`: `name` is the whole repository path; which upstream serves it (a path
+    /// prefix, containerd's `ns` parameter, or the default upstream) is decided by the app,
+    /// which knows the configuration.
     Oci {
-        upstream: UpstreamName,
-        /// The repository below the upstream (for a helm upstream: the chart name).
-        repo: RepoName,
+        name: RepoName,
+        /// containerd's `?ns=<registry host>`.
+        ns: Option<String>,
         op: OciOp,
     },
     /// `GET /<upstream>/index.yaml`
@@ -42,6 +44,8 @@ pub enum OciOp {
     },
     Manifest(Reference),
     Blob(Digest),
+    /// `referrers/<digest>`, with the query (`artifactType`) passed on.
+    Referrers(Digest, Option<String>),
 }
 
 impl Route {
@@ -60,6 +64,10 @@ impl Route {
             Route::Oci {
                 op: OciOp::Blob(_), ..
             } => "blob",
+            Route::Oci {
+                op: OciOp::Referrers(..),
+                ..
+            } => "referrers",
             Route::MirrorIndex { .. } => "index",
             Route::MirrorArchive { .. } => "archive",
             Route::Metrics => "metrics",
@@ -112,20 +120,21 @@ fn parse_oci(path: &str, query: Option<&str>) -> Result<Route> {
     }
     let rest = &rest[1..];
     let not_found = || Error::new(Kind::NotFound, format!("no such API endpoint: {path}"));
-    let (name, op) = if let Some(name) = rest.strip_suffix("/tags/list") {
-        let mut n = None;
-        let mut last = None;
-        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            match k.as_ref() {
-                "n" => {
-                    n = Some(v.parse::<usize>().map_err(|_| {
-                        Error::new(Kind::BadRequest, format!("invalid page size n={v:?}"))
-                    })?)
-                }
-                "last" => last = Some(v.into_owned()),
-                _ => {}
+    let (mut n, mut last, mut ns, mut artifact_type) = (None, None, None, None);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "n" => {
+                n = Some(v.parse::<usize>().map_err(|_| {
+                    Error::new(Kind::BadRequest, format!("invalid page size n={v:?}"))
+                })?)
             }
+            "last" => last = Some(v.into_owned()),
+            "ns" => ns = Some(v.into_owned()),
+            "artifactType" => artifact_type = Some(v.into_owned()),
+            _ => {}
         }
+    }
+    let (name, op) = if let Some(name) = rest.strip_suffix("/tags/list") {
         (name, OciOp::Tags { n, last })
     } else {
         let (head, reference) = rest.rsplit_once('/').ok_or_else(not_found)?;
@@ -133,21 +142,20 @@ fn parse_oci(path: &str, query: Option<&str>) -> Result<Route> {
             (name, OciOp::Manifest(Reference::from_str(reference)?))
         } else if let Some(name) = head.strip_suffix("/blobs") {
             (name, OciOp::Blob(Digest::from_str(reference)?))
+        } else if let Some(name) = head.strip_suffix("/referrers") {
+            let q = artifact_type.map(|t| {
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("artifactType", &t)
+                    .finish()
+            });
+            (name, OciOp::Referrers(Digest::from_str(reference)?, q))
         } else {
             return Err(not_found());
         }
     };
-    let (upstream, repo) = name.split_once('/').ok_or_else(|| {
-        Error::new(
-            Kind::NameInvalid,
-            format!("repository name {name:?} needs an upstream prefix: <upstream>/<name>"),
-        )
-    })?;
-    // Validate the whole name by the grammar, then its parts.
-    RepoName::from_str(name)?;
     Ok(Route::Oci {
-        upstream: upstream.parse()?,
-        repo: repo.parse()?,
+        name: RepoName::from_str(name)?,
+        ns,
         op,
     })
 }
@@ -215,33 +223,49 @@ mod tests {
         assert_eq!(r.kind(), "manifest");
         match r {
             Route::Oci {
-                upstream,
-                repo,
+                name,
+                ns: None,
                 op: OciOp::Manifest(Reference::Tag(t)),
             } => {
-                assert_eq!(
-                    (upstream.as_str(), repo.as_str(), t.as_str()),
-                    ("metallb", "metallb", "0.14.8")
-                );
+                assert_eq!((name.as_str(), t.as_str()), ("metallb/metallb", "0.14.8"));
             }
             other => panic!("{other:?}"),
         }
         // a repository may itself be called "manifests"
         let r = oci("/v2/up/manifests/manifests/v1").unwrap();
-        assert!(matches!(r, Route::Oci { repo, .. } if repo.as_str() == "manifests"));
+        assert!(matches!(r, Route::Oci { name, .. } if name.as_str() == "up/manifests"));
         let d = format!("sha256:{}", "0".repeat(64));
         assert_eq!(oci(&format!("/v2/a/b/c/blobs/{d}")).unwrap().kind(), "blob");
         let r = parse("GET", "/v2/a/b/tags/list", Some("n=2&last=1.0.0")).unwrap();
         assert_eq!(
             r,
             Route::Oci {
-                upstream: "a".parse().unwrap(),
-                repo: "b".parse().unwrap(),
+                name: "a/b".parse().unwrap(),
+                ns: None,
                 op: OciOp::Tags {
                     n: Some(2),
                     last: Some("1.0.0".into())
                 }
             }
+        );
+        // containerd mirror routing
+        let r = parse(
+            "GET",
+            "/v2/helm/chartmuseum/manifests/latest",
+            Some("ns=ghcr.io"),
+        )
+        .unwrap();
+        assert!(matches!(r, Route::Oci { name, ns: Some(ns), .. }
+            if name.as_str() == "helm/chartmuseum" && ns == "ghcr.io"));
+        let r = parse(
+            "GET",
+            &format!("/v2/a/b/referrers/{d}"),
+            Some("artifactType=application%2Fx"),
+        )
+        .unwrap();
+        assert!(
+            matches!(r, Route::Oci { op: OciOp::Referrers(_, Some(q)), .. }
+            if q == "artifactType=application%2Fx")
         );
     }
 
@@ -256,7 +280,6 @@ mod tests {
         assert_eq!(kind("/v2/a/B/manifests/1"), Kind::NameInvalid);
         assert_eq!(kind("/v2/a/../b/manifests/1"), Kind::NameInvalid);
         assert_eq!(kind("/v2/a%2fb/c/manifests/1"), Kind::NameInvalid);
-        assert_eq!(kind("/v2/onlyupstream/manifests/1"), Kind::NameInvalid);
         assert_eq!(kind("/v2/a/b/manifests/bad+tag"), Kind::TagInvalid);
         assert_eq!(kind("/v2/a/b/whatever"), Kind::NotFound);
         assert_eq!(

@@ -156,15 +156,32 @@ fn bad_requests_get_clear_oci_errors() {
         ),
         (&format!("/v2/up/demo/blobs/{zero}"), 404, "BLOB_UNKNOWN"),
         ("/v2/up/Demo/manifests/0.1.0", 400, "NAME_INVALID"),
-        ("/v2/up/../demo/manifests/0.1.0", 400, "NAME_INVALID"),
         ("/v2/up%2fdemo/x/manifests/0.1.0", 400, "NAME_INVALID"),
-        ("/v2/demo/manifests/0.1.0", 400, "NAME_INVALID"),
+        ("/v2/demo/manifests/0.1.0", 404, "NAME_UNKNOWN"),
     ] {
         assert_eq!(
             oci_code(get(&format!("{u}{path}"))),
             (status, code.to_string()),
             "{path}"
         );
+    }
+    // traversal, sent raw (clients would normalise it away)
+    for path in [
+        "/v2/up/../demo/manifests/0.1.0",
+        "/v2/up/%2e%2e/demo/manifests/0.1.0",
+        "/v2/up/demo%2f..%2fx/manifests/0.1.0",
+    ] {
+        let (status, body) = raw_get(bridge.port, path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("NAME_INVALID"), "{path}: {body}");
+    }
+    for path in [
+        "/up/-/../../etc/passwd",
+        "/up/%2e%2e/index.yaml",
+        "/up/-/demo/..%2f..%2f/demo-..%2f..%2f.tgz",
+    ] {
+        let (status, body) = raw_get(bridge.port, path);
+        assert!(matches!(status, 400 | 404), "{path}: {status} {body}");
     }
     let push = client()
         .post(format!("{u}/v2/up/demo/blobs/uploads/"))

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
@@ -13,8 +14,14 @@ use crate::error::{Error, Result};
 
 type SharedResult<V> = Shared<BoxFuture<'static, Result<V>>>;
 
+struct Entry<V: Clone> {
+    id: u64,
+    shared: SharedResult<V>,
+}
+
 pub struct Flight<K, V: Clone> {
-    inflight: Mutex<HashMap<K, SharedResult<V>>>,
+    inflight: Arc<Mutex<HashMap<K, Entry<V>>>>,
+    next_id: AtomicU64,
 }
 
 impl<K, V> Default for Flight<K, V>
@@ -24,14 +31,15 @@ where
 {
     fn default() -> Self {
         Flight {
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(0),
         }
     }
 }
 
 impl<K, V> Flight<K, V>
 where
-    K: Eq + Hash + Clone,
+    K: Eq + Hash + Clone + Send + 'static,
     V: Clone + Send + Sync + 'static,
 {
     /// Runs `work` for `key` unless a run for it is already in flight, in which case this call
@@ -40,41 +48,52 @@ where
     where
         F: Future<Output = Result<V>> + Send + 'static,
     {
-        let (shared, leader) = {
-            let mut map = self.inflight.lock().expect("flight map poisoned");
-            match map.get(&key) {
-                Some(s) => (s.clone(), false),
-                None => {
-                    let task = tokio::spawn(work);
-                    let s = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(Error::internal(format!("fetch task failed: {e}")))
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    map.insert(key.clone(), s.clone());
-                    (s, true)
-                }
-            }
-        };
-        if !leader {
-            crate::metrics::flight_join();
-        }
-        let out = shared.clone().await;
+        self.start(key, work).1.await
+    }
+
+    /// Starts `work` for `key` (or joins the run in flight) without waiting: returns whether
+    /// this call started it, and a future of the shared result. The run finishes, and leaves
+    /// the map, whether or not anyone awaits it.
+    pub fn start<F>(&self, key: K, work: F) -> (bool, SharedResult<V>)
+    where
+        F: Future<Output = Result<V>> + Send + 'static,
+    {
         let mut map = self.inflight.lock().expect("flight map poisoned");
-        if map.get(&key).is_some_and(|s| s.ptr_eq(&shared)) {
-            map.remove(&key);
+        if let Some(e) = map.get(&key) {
+            crate::metrics::flight_join();
+            return (false, e.shared.clone());
         }
-        out
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (inflight, k) = (self.inflight.clone(), key.clone());
+        let task = tokio::spawn(async move {
+            let out = work.await;
+            let mut map = inflight.lock().expect("flight map poisoned");
+            if map.get(&k).is_some_and(|e| e.id == id) {
+                map.remove(&k);
+            }
+            out
+        });
+        let shared = async move {
+            task.await
+                .unwrap_or_else(|e| Err(Error::internal(format!("fetch task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        map.insert(
+            key,
+            Entry {
+                id,
+                shared: shared.clone(),
+            },
+        );
+        (true, shared)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
 
     #[tokio::test]
     async fn concurrent_calls_share_one_run() {
@@ -97,7 +116,12 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         // a later call runs again: results are not cached here
-        flight.run("k", async { Ok(8) }).await.unwrap();
+        assert_eq!(flight.run("k", async { Ok(8) }).await.unwrap(), 8);
+        assert!(flight.inflight.lock().unwrap().is_empty());
+        // a run nobody waits for still finishes and leaves the map
+        let (leader, _) = flight.start("z", async { Ok(1) });
+        assert!(leader);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(flight.inflight.lock().unwrap().is_empty());
     }
 

@@ -25,14 +25,22 @@ impl RefStore {
     }
 
     pub async fn get(&self, name: &str) -> Option<Digest> {
-        let text = tokio::fs::read_to_string(self.path(name)).await.ok()?;
-        text.trim().parse().ok()
+        self.get_text(name).await?.trim().parse().ok()
     }
 
     pub async fn put(&self, name: &str, digest: &Digest) -> Result<()> {
+        self.put_text(name, &digest.to_string()).await
+    }
+
+    /// A small text value (a media type, a JSON tag list).
+    pub async fn get_text(&self, name: &str) -> Option<String> {
+        tokio::fs::read_to_string(self.path(name)).await.ok()
+    }
+
+    pub async fn put_text(&self, name: &str, text: &str) -> Result<()> {
         let (dest, tmp) = (self.path(name), self.root.parent().map(|p| p.join("tmp")));
         let tmp = tmp.unwrap_or_else(|| self.root.clone());
-        let text = digest.to_string();
+        let text = text.to_string();
         tokio::task::spawn_blocking(move || write_file_atomic(&tmp, &dest, text.as_bytes()))
             .await
             .map_err(|e| crate::error::Error::internal(format!("ref write failed: {e}")))??;

@@ -1,15 +1,15 @@
-//! The distribution-spec pull API over a helm upstream: tags/list with pagination, manifests by
-//! tag or digest, blobs with Range. Every manifest and blob response carries `Content-Type`,
-//! `Content-Length` and `Docker-Content-Digest`, on GET and HEAD alike.
-
-use std::sync::Arc;
+//! The distribution-spec pull API: tags/list with pagination, manifests by tag or digest, blobs
+//! with Range, referrers. Over a helm upstream the artifacts are synthesised; over an OCI
+//! upstream they are the upstream's bytes. Every manifest and blob response carries
+//! `Content-Type`, `Content-Length` and `Docker-Content-Digest`, on GET and HEAD alike.
 
 use bytes::Bytes;
 
 use crate::error::{Error, Kind, Result};
-use crate::http::{blob_response, Request, Response};
-use crate::ids::{Digest, Reference, RepoName, UpstreamName};
-use crate::resolver::HelmUpstream;
+use crate::http::{blob_response, data_response, Request, Response};
+use crate::ids::{Digest, Reference, RepoName};
+use crate::resolver::oci::BlobAnswer;
+use crate::resolver::Source;
 
 /// The chart a repository name means under a helm upstream: a chart name is one component.
 fn chart(repo: &RepoName) -> Result<&str> {
@@ -30,15 +30,19 @@ pub fn api_base(req: &Request) -> Response {
 }
 
 /// `GET /v2/<name>/tags/list?n=&last=`: lexically sorted, paginated with a `Link` header.
+/// `name` is the repository as the client named it; `repo` is the part below the upstream.
 pub async fn tags(
-    up: &Arc<HelmUpstream>,
-    upstream: &UpstreamName,
+    src: &Source,
+    name: &RepoName,
     repo: &RepoName,
     n: Option<usize>,
     last: Option<&str>,
     req: &Request,
 ) -> Result<Response> {
-    let all = up.tags(chart(repo)?).await?;
+    let all = match src {
+        Source::Helm(h) => h.tags(chart(repo)?).await?,
+        Source::Oci(o) => o.tags(repo).await?,
+    };
     let start = match last {
         Some(l) => all.partition_point(|t| t.as_str() <= l),
         None => 0,
@@ -48,15 +52,17 @@ pub async fn tags(
         Some(n) => &rest[..n.min(rest.len())],
         None => rest,
     };
-    let name = format!("{upstream}/{repo}");
-    let body = serde_json::json!({"name": name, "tags": page});
+    let body = serde_json::json!({"name": name.as_str(), "tags": page});
     let mut resp = Response::new(200);
     if let (Some(n), Some(last_tag)) = (n, page.last()) {
         if page.len() < rest.len() {
-            let q: String = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("n", &n.to_string())
-                .append_pair("last", last_tag)
-                .finish();
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("n", &n.to_string())
+                .append_pair("last", last_tag);
+            if let Some(ns) = req.query.as_deref().and_then(ns_param) {
+                q.append_pair("ns", &ns);
+            }
+            let q = q.finish();
             resp = resp.header("Link", format!("</v2/{name}/tags/list?{q}>; rel=\"next\""));
         }
     }
@@ -67,44 +73,87 @@ pub async fn tags(
     ))
 }
 
+fn ns_param(query: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
+}
+
 /// `GET|HEAD /v2/<name>/manifests/<tag|digest>`.
 pub async fn manifest(
-    up: &Arc<HelmUpstream>,
+    src: &Source,
     repo: &RepoName,
     reference: &Reference,
     req: &Request,
 ) -> Result<Response> {
-    let m = match reference {
-        Reference::Tag(tag) => {
-            let resolved = up.resolve(chart(repo)?, tag).await?;
-            if resolved.synthesized_latest {
-                crate::metrics::latest_synthesized();
+    let m = match src {
+        Source::Helm(up) => match reference {
+            Reference::Tag(tag) => {
+                let resolved = up.resolve(chart(repo)?, tag).await?;
+                if resolved.synthesized_latest {
+                    crate::metrics::latest_synthesized();
+                }
+                up.manifest(chart(repo)?, &resolved.version).await?
             }
-            up.manifest(chart(repo)?, &resolved.version).await?
-        }
-        Reference::Digest(d) => up
-            .manifest_by_digest(d)
-            .await?
-            .ok_or_else(|| Error::new(Kind::ManifestUnknown, format!("manifest {d} unknown")))?,
+            Reference::Digest(d) => up.manifest_by_digest(d).await?.ok_or_else(|| {
+                Error::new(Kind::ManifestUnknown, format!("manifest {d} unknown"))
+            })?,
+        },
+        Source::Oci(up) => up.manifest(repo, reference).await?,
     };
     Ok(Response::new(200)
         .header("Docker-Content-Digest", m.digest.to_string())
         .header("ETag", format!("\"{}\"", m.digest))
-        .with_body(m.media_type, m.bytes, req.is_head()))
+        .with_body(&m.media_type, m.bytes, req.is_head()))
 }
 
 /// `GET|HEAD /v2/<name>/blobs/<digest>`.
-pub async fn blob(
-    up: &Arc<HelmUpstream>,
+pub async fn blob(src: &Source, repo: &RepoName, d: &Digest, req: &Request) -> Result<Response> {
+    const BLOB: &str = "application/octet-stream";
+    match src {
+        Source::Helm(up) => {
+            let bytes = up.blob(chart(repo)?, d).await?;
+            Ok(blob_response(req, BLOB, bytes, Some(d)))
+        }
+        Source::Oci(up) => {
+            let answer = up.blob(repo, d, req.is_head(), req.range.is_some()).await?;
+            Ok(match answer {
+                BlobAnswer::Data(data) => data_response(req, BLOB, data, Some(d)),
+                BlobAnswer::Head(len) => Response::new(200)
+                    .header("Docker-Content-Digest", d.to_string())
+                    .header("Accept-Ranges", "bytes")
+                    .header("Content-Type", BLOB)
+                    .header("Content-Length", len.to_string()),
+                BlobAnswer::Stream(len, rx) => Response::new(200)
+                    .header("Docker-Content-Digest", d.to_string())
+                    .header("Accept-Ranges", "bytes")
+                    .with_stream(BLOB, len, rx),
+            })
+        }
+    }
+}
+
+/// `GET /v2/<name>/referrers/<digest>`: passed through for OCI upstreams; a helm upstream's
+/// synthesised charts have no referrers, which is an empty index.
+pub async fn referrers(
+    src: &Source,
     repo: &RepoName,
     d: &Digest,
+    query: Option<&str>,
     req: &Request,
 ) -> Result<Response> {
-    let bytes = up.blob(chart(repo)?, d).await?;
-    Ok(blob_response(
-        req,
-        "application/octet-stream",
-        bytes,
-        Some(d),
-    ))
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    match src {
+        Source::Helm(_) => {
+            let empty =
+                serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": []});
+            Ok(Response::new(200).with_body(INDEX, Bytes::from(empty.to_string()), req.is_head()))
+        }
+        Source::Oci(up) => {
+            let (status, ct, body) = up.referrers(repo, d, query).await?;
+            let mut r = Response::new(status).with_body(&ct, body, req.is_head());
+            r.status = status;
+            Ok(r)
+        }
+    }
 }

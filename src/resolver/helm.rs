@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use url::Url;
 
+use super::ServedManifest;
 use crate::cache::{BlobCache, Flight, RefStore};
 use crate::config::{Limits, Upstream};
 use crate::convert::chart::{read_chart_metadata, ArchiveLimits};
@@ -20,7 +21,8 @@ use crate::convert::manifest::{synthesize, BlobRef, OCI_MANIFEST};
 use crate::convert::version;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{Digest, Tag};
-use crate::upstream::{redact, Fetch, UpstreamClient, Validators};
+use crate::upstream::registry::parse_oci_url;
+use crate::upstream::{redact, Fetch, OciChart, Registry, UpstreamClient, Validators};
 
 /// How long to wait before retrying a failed index refresh while serving the stale copy.
 const REFRESH_RETRY: Duration = Duration::from_secs(10);
@@ -35,14 +37,6 @@ pub struct IndexState {
     fetched_at: Instant,
     /// True when this copy came from disk and was never confirmed by the upstream.
     from_disk: bool,
-}
-
-/// A manifest as served: bytes, digest, media type.
-#[derive(Clone, Debug)]
-pub struct ServedManifest {
-    pub bytes: Bytes,
-    pub digest: Digest,
-    pub media_type: &'static str,
 }
 
 /// What the index says a tag resolves to.
@@ -393,8 +387,7 @@ impl HelmUpstream {
         let max = self.limits.max_chart_bytes;
         let name = self.config.name.as_str();
         let result = if url.starts_with("oci://") {
-            self.client
-                .pull_oci_chart(url, &entry.version, max)
+            self.pull_oci(url, &entry.version, max)
                 .await
                 .map(|c| c.chart)
         } else {
@@ -406,6 +399,14 @@ impl HelmUpstream {
         };
         crate::metrics::upstream_request(name, if result.is_ok() { "ok" } else { "error" });
         result
+    }
+
+    /// A chart behind an `oci://` index URL (Bitnami's form), pulled anonymously.
+    async fn pull_oci(&self, url: &str, version: &str, max: u64) -> Result<OciChart> {
+        let (host, repo, reference) = parse_oci_url(url, version)?;
+        Registry::for_host(self.client.http().clone(), &host)?
+            .pull_chart(&repo, &reference, max)
+            .await
     }
 
     /// The chart's `.prov` file, when the upstream has one (`None` only on a definite 404).
@@ -433,8 +434,7 @@ impl HelmUpstream {
             .clone();
         let url = self.chart_url(&entry)?;
         let prov = if url.starts_with("oci://") {
-            self.client
-                .pull_oci_chart(&url, &entry.version, self.limits.max_chart_bytes)
+            self.pull_oci(&url, &entry.version, self.limits.max_chart_bytes)
                 .await?
                 .prov
         } else {
@@ -526,7 +526,7 @@ impl HelmUpstream {
                 let served = ServedManifest {
                     bytes: art.manifest,
                     digest: art.manifest_digest,
-                    media_type: OCI_MANIFEST,
+                    media_type: OCI_MANIFEST.to_string(),
                 };
                 this.manifests
                     .insert(served.digest.clone(), served.clone())
@@ -556,7 +556,7 @@ impl HelmUpstream {
         let m = ServedManifest {
             bytes,
             digest: d.clone(),
-            media_type: OCI_MANIFEST,
+            media_type: OCI_MANIFEST.to_string(),
         };
         self.manifests.insert(d.clone(), m.clone()).await;
         Ok(Some(m))

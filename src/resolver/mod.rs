@@ -1,0 +1,29 @@
+//! Per upstream, what to serve and where it comes from: `helm` for legacy index.yaml
+//! repositories (index freshness, tag -> version, verified archives, synthesised manifests) and
+//! `oci` for registries (byte-exact pass-through, tag resolution with a TTL, streamed blobs,
+//! `latest`). Calls `convert`, `cache` and `upstream`; knows nothing of HTTP statuses or routes.
+
+pub mod helm;
+pub mod oci;
+
+use bytes::Bytes;
+
+use crate::ids::Digest;
+
+pub use helm::HelmUpstream;
+pub use oci::OciUpstream;
+
+/// A manifest as served: bytes, digest, media type.
+#[derive(Clone, Debug)]
+pub struct ServedManifest {
+    pub bytes: Bytes,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// A configured upstream, whichever kind it is.
+#[derive(Clone)]
+pub enum Source {
+    Helm(std::sync::Arc<HelmUpstream>),
+    Oci(std::sync::Arc<OciUpstream>),
+}

@@ -1,0 +1,619 @@
+//! An OCI registry upstream, mirrored byte for byte: manifests of every media type keep the
+//! upstream's bytes, media type and digest; blobs stream to the first client while they are
+//! written to disk, and only a verified blob is committed (the last chunk is held back until the
+//! digest checks, so a client never completes a wrong body). By-digest content is immutable and
+//! served from cache forever; tag resolutions and tag lists are fresh for `tag_ttl`, re-checked
+//! with HEAD (which does not count against Docker Hub's pull limit), and the last known answer is
+//! served when the upstream fails. `latest` follows the upstream's `latest` policy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ServedManifest;
+use crate::cache::{BlobCache, Flight, RefStore};
+use crate::config::{LatestPolicy, Limits, Upstream};
+use crate::convert::version;
+use crate::error::{Error, Kind, Result};
+use crate::http::BlobData;
+use crate::ids::{Digest, Reference, RepoName};
+use crate::upstream::{redact, Registry, MANIFEST_ACCEPT};
+
+/// Largest manifest or tag-list page we accept.
+const MAX_MANIFEST: u64 = 4 << 20;
+/// Most tag-list pages followed for one repository.
+const MAX_TAG_PAGES: usize = 100;
+
+/// How a blob request is answered.
+pub enum BlobAnswer {
+    /// From cache.
+    Data(BlobData),
+    /// HEAD of a blob not cached: its length, from the upstream.
+    Head(u64),
+    /// A cold GET: `len` bytes arriving as they are fetched (and cached).
+    Stream(u64, mpsc::Receiver<Result<Bytes>>),
+}
+
+pub struct OciUpstream {
+    pub config: Upstream,
+    registry: Arc<Registry>,
+    blobs: Arc<BlobCache>,
+    refs: Arc<RefStore>,
+    limits: Limits,
+    tag_lists: moka::future::Cache<String, Arc<Vec<String>>>,
+    resolutions: moka::future::Cache<(String, String), Digest>,
+    manifests: moka::future::Cache<Digest, ServedManifest>,
+    tags_flight: Flight<String, Arc<Vec<String>>>,
+    resolve_flight: Flight<(String, String), Digest>,
+    manifest_flight: Flight<Digest, ServedManifest>,
+    blob_flight: Flight<Digest, ()>,
+}
+
+impl OciUpstream {
+    pub fn new(
+        config: Upstream,
+        http: reqwest::Client,
+        blobs: Arc<BlobCache>,
+        refs: Arc<RefStore>,
+        limits: Limits,
+    ) -> OciUpstream {
+        let registry = Arc::new(Registry::new(http, &config.url, config.credentials.clone()));
+        let ttl = config.tag_ttl;
+        OciUpstream {
+            registry,
+            blobs,
+            refs,
+            limits,
+            tag_lists: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build(),
+            resolutions: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            manifests: moka::future::Cache::builder().max_capacity(10_000).build(),
+            tags_flight: Flight::default(),
+            resolve_flight: Flight::default(),
+            manifest_flight: Flight::default(),
+            blob_flight: Flight::default(),
+            config,
+        }
+    }
+
+    /// The repository name upstream: Docker Hub keeps official images under `library/`.
+    pub fn upstream_repo(&self, repo: &RepoName) -> String {
+        if self.config.is_docker_hub() && !repo.as_str().contains('/') {
+            format!("library/{repo}")
+        } else {
+            repo.as_str().to_string()
+        }
+    }
+
+    fn ref_name(&self, what: &str, parts: &[&str]) -> String {
+        format!("{what}\0{}\0{}", self.config.name, parts.join("\0"))
+    }
+
+    /// The upstream's tags, all pages; fresh for `tag_ttl`, the last good list on failure.
+    async fn upstream_tags(self: &Arc<Self>, repo: &str) -> Result<Arc<Vec<String>>> {
+        if let Some(t) = self.tag_lists.get(repo).await {
+            return Ok(t);
+        }
+        let this = self.clone();
+        let r = repo.to_string();
+        let fetched = self
+            .tags_flight
+            .run(r.clone(), async move {
+                let tags = Arc::new(this.fetch_tags(&r).await?);
+                this.tag_lists.insert(r.clone(), tags.clone()).await;
+                let json = serde_json::to_string(&*tags).unwrap_or_default();
+                let _ = this
+                    .refs
+                    .put_text(&this.ref_name("tags", &[&r]), &json)
+                    .await;
+                Ok(tags)
+            })
+            .await;
+        match fetched {
+            Err(e) if e.kind() != Kind::NameUnknown => {
+                let stale = self.refs.get_text(&self.ref_name("tags", &[repo])).await;
+                match stale.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()) {
+                    Some(tags) => {
+                        tracing::warn!(upstream = %self.config.name, repo, error = %e, "tag list refresh failed; serving the last good list");
+                        Ok(Arc::new(tags))
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_tags(&self, repo: &str) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let mut all = Vec::new();
+        let mut tail = "tags/list?n=1000".to_string();
+        for _ in 0..MAX_TAG_PAGES {
+            let r = self
+                .registry
+                .request(reqwest::Method::GET, repo, &tail, "application/json")
+                .await?;
+            match r.status {
+                200 => {}
+                404 => {
+                    return Err(Error::new(
+                        Kind::NameUnknown,
+                        format!("repository {repo:?} unknown upstream"),
+                    ))
+                }
+                s => {
+                    return Err(Error::upstream_invalid(format!(
+                        "{} answered HTTP {s}",
+                        redact(r.url())
+                    )))
+                }
+            }
+            let next = r.header("link").and_then(next_last);
+            let body = r.bytes(MAX_MANIFEST).await?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                Error::upstream_invalid(format!("tag list of {repo} is not JSON: {e}"))
+            })?;
+            all.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(last) => {
+                    let q: String = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("n", "1000")
+                        .append_pair("last", &last)
+                        .finish();
+                    tail = format!("tags/list?{q}");
+                }
+                None => return Ok(all),
+            }
+        }
+        Ok(all)
+    }
+
+    /// What `latest` means here, given the upstream's tags: `None` to pass it through.
+    fn latest_target(&self, tags: &[String]) -> Option<String> {
+        let has_latest = tags.iter().any(|t| t == version::LATEST);
+        let synth = match self.config.latest {
+            LatestPolicy::Never => false,
+            LatestPolicy::Always => true,
+            LatestPolicy::SynthesizeIfMissing => !has_latest,
+        };
+        if !synth {
+            return None;
+        }
+        version::highest_stable(tags.iter().map(String::as_str)).map(str::to_string)
+    }
+
+    /// The tag list as served: the upstream's, plus `latest` where it is synthesised.
+    pub async fn tags(self: &Arc<Self>, repo: &RepoName) -> Result<Vec<String>> {
+        let up = self.upstream_repo(repo);
+        let upstream = self.upstream_tags(&up).await?;
+        let mut tags: Vec<String> = upstream.as_ref().clone();
+        if self.latest_target(&tags).is_some() {
+            tags.push(version::LATEST.to_string());
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    pub async fn manifest(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ServedManifest> {
+        let up = self.upstream_repo(repo);
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => {
+                let mut tag = t.as_str().to_string();
+                if tag == version::LATEST && self.config.latest != LatestPolicy::Never {
+                    let tags = self.upstream_tags(&up).await?;
+                    if let Some(target) = self.latest_target(&tags) {
+                        crate::metrics::latest_synthesized();
+                        tag = target;
+                    }
+                }
+                self.resolve_tag(&up, &tag).await?
+            }
+        };
+        self.manifest_by_digest(&up, &digest).await
+    }
+
+    /// Tag -> digest: fresh for `tag_ttl`, then re-checked with HEAD; the last known answer when
+    /// the upstream fails.
+    async fn resolve_tag(self: &Arc<Self>, repo: &str, tag: &str) -> Result<Digest> {
+        let key = (repo.to_string(), tag.to_string());
+        if let Some(d) = self.resolutions.get(&key).await {
+            return Ok(d);
+        }
+        let ref_name = self.ref_name("tag", &[repo, tag]);
+        let this = self.clone();
+        let (r, t, rn) = (repo.to_string(), tag.to_string(), ref_name.clone());
+        let result = self
+            .resolve_flight
+            .run(key.clone(), async move {
+                let d = this.head_tag(&r, &t).await?;
+                this.resolutions.insert((r, t), d.clone()).await;
+                this.refs.put(&rn, &d).await?;
+                Ok(d)
+            })
+            .await;
+        match result {
+            Err(e) if e.kind() != Kind::ManifestUnknown && e.kind() != Kind::NameUnknown => {
+                match self.refs.get(&ref_name).await {
+                    Some(d) => {
+                        tracing::warn!(upstream = %self.config.name, repo, tag, error = %e, "tag check failed; serving the last known digest");
+                        Ok(d)
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn head_tag(self: &Arc<Self>, repo: &str, tag: &str) -> Result<Digest> {
+        let r = self
+            .registry
+            .request(
+                reqwest::Method::HEAD,
+                repo,
+                &format!("manifests/{tag}"),
+                MANIFEST_ACCEPT,
+            )
+            .await?;
+        crate::metrics::upstream_request(self.config.name.as_str(), "ok");
+        match r.status {
+            200 => {}
+            404 => {
+                return Err(Error::new(
+                    Kind::ManifestUnknown,
+                    format!("{repo}:{tag} unknown upstream"),
+                ))
+            }
+            s => {
+                return Err(Error::upstream_invalid(format!(
+                    "{} answered HTTP {s}",
+                    redact(r.url())
+                )))
+            }
+        }
+        if let Some(d) = r
+            .header("docker-content-digest")
+            .and_then(|h| h.parse().ok())
+        {
+            return Ok(d);
+        }
+        // No digest header: fetch by tag and name it by its bytes.
+        let r = self
+            .registry
+            .request(
+                reqwest::Method::GET,
+                repo,
+                &format!("manifests/{tag}"),
+                MANIFEST_ACCEPT,
+            )
+            .await?;
+        let media_type = r.header("content-type").map(str::to_string);
+        let bytes = r.bytes(MAX_MANIFEST).await?;
+        let d = Digest::of(&bytes);
+        self.store_manifest(&d, bytes, media_type).await?;
+        Ok(d)
+    }
+
+    async fn store_manifest(
+        &self,
+        d: &Digest,
+        bytes: Bytes,
+        content_type: Option<String>,
+    ) -> Result<ServedManifest> {
+        let media_type = content_type
+            .filter(|c| !c.is_empty() && !c.starts_with("text/") && c != "application/octet-stream")
+            .or_else(|| {
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+            })
+            .ok_or_else(|| {
+                Error::upstream_invalid(format!(
+                    "manifest {d} has no media type and is not a manifest"
+                ))
+            })?;
+        self.blobs.put(d, bytes.clone()).await?;
+        self.refs
+            .put_text(&format!("mediatype\0{d}"), &media_type)
+            .await?;
+        let m = ServedManifest {
+            bytes,
+            digest: d.clone(),
+            media_type,
+        };
+        self.manifests.insert(d.clone(), m.clone()).await;
+        Ok(m)
+    }
+
+    /// A manifest by digest: immutable, so from cache forever once fetched and verified.
+    async fn manifest_by_digest(
+        self: &Arc<Self>,
+        repo: &str,
+        d: &Digest,
+    ) -> Result<ServedManifest> {
+        if let Some(m) = self.manifests.get(d).await {
+            return Ok(m);
+        }
+        if let Some(media_type) = self.refs.get_text(&format!("mediatype\0{d}")).await {
+            if let Some(bytes) = self.blobs.get(d).await? {
+                let m = ServedManifest {
+                    bytes,
+                    digest: d.clone(),
+                    media_type,
+                };
+                self.manifests.insert(d.clone(), m.clone()).await;
+                return Ok(m);
+            }
+        }
+        let this = self.clone();
+        let (r, dd) = (repo.to_string(), d.clone());
+        self.manifest_flight
+            .run(d.clone(), async move {
+                let resp = this
+                    .registry
+                    .request(
+                        reqwest::Method::GET,
+                        &r,
+                        &format!("manifests/{dd}"),
+                        MANIFEST_ACCEPT,
+                    )
+                    .await?;
+                crate::metrics::upstream_request(this.config.name.as_str(), "ok");
+                match resp.status {
+                    200 => {}
+                    404 => {
+                        return Err(Error::new(
+                            Kind::ManifestUnknown,
+                            format!("manifest {dd} unknown upstream"),
+                        ))
+                    }
+                    s => {
+                        return Err(Error::upstream_invalid(format!(
+                            "{} answered HTTP {s}",
+                            redact(resp.url())
+                        )))
+                    }
+                }
+                let ct = resp.header("content-type").map(str::to_string);
+                let bytes = resp.bytes(MAX_MANIFEST).await?;
+                let actual = Digest::of(&bytes);
+                if actual != dd {
+                    return Err(Error::upstream_invalid(format!(
+                        "manifest {dd} from upstream hashes to {actual}: refused"
+                    )));
+                }
+                this.store_manifest(&dd, bytes, ct).await
+            })
+            .await
+    }
+
+    /// A blob: from cache; HEAD of a cold blob asks the upstream for its length; a cold GET is
+    /// streamed to the first client while it is verified and written to disk. Concurrent cold
+    /// requests share that one fetch and are served from cache when it completes.
+    pub async fn blob(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+        head: bool,
+        range: bool,
+    ) -> Result<BlobAnswer> {
+        if let Some(data) = self.blobs.read(d).await? {
+            return Ok(BlobAnswer::Data(data));
+        }
+        let up = self.upstream_repo(repo);
+        if head {
+            let r = self
+                .registry
+                .request(reqwest::Method::HEAD, &up, &format!("blobs/{d}"), "*/*")
+                .await?;
+            return match (r.status, r.content_length()) {
+                (200, Some(n)) => Ok(BlobAnswer::Head(n)),
+                (404, _) => Err(Error::new(
+                    Kind::BlobUnknown,
+                    format!("blob {d} unknown upstream"),
+                )),
+                (s, _) => Err(Error::upstream_invalid(format!(
+                    "{} answered HTTP {s} without a length",
+                    redact(r.url())
+                ))),
+            };
+        }
+        let (len_tx, len_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        let dd = d.clone();
+        let (leader, done) = self.blob_flight.start(d.clone(), async move {
+            this.fetch_blob(&up, &dd, len_tx, tx).await
+        });
+        if leader && !range {
+            match len_rx.await {
+                Ok(Ok(len)) => return Ok(BlobAnswer::Stream(len, rx)),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {} // the fetch ended before it had a length; its result says why
+            }
+        }
+        done.await?;
+        match self.blobs.read(d).await? {
+            Some(data) => Ok(BlobAnswer::Data(data)),
+            None => Err(Error::internal(format!(
+                "blob {d} was fetched but is not in the cache"
+            ))),
+        }
+    }
+
+    async fn fetch_blob(
+        &self,
+        repo: &str,
+        d: &Digest,
+        len_tx: oneshot::Sender<Result<u64>>,
+        tx: mpsc::Sender<Result<Bytes>>,
+    ) -> Result<()> {
+        let start = async {
+            let r = self
+                .registry
+                .request(reqwest::Method::GET, repo, &format!("blobs/{d}"), "*/*")
+                .await?;
+            crate::metrics::upstream_request(self.config.name.as_str(), "ok");
+            match r.status {
+                200 => {}
+                404 => {
+                    return Err(Error::new(
+                        Kind::BlobUnknown,
+                        format!("blob {d} unknown upstream"),
+                    ))
+                }
+                s => {
+                    return Err(Error::upstream_invalid(format!(
+                        "{} answered HTTP {s}",
+                        redact(r.url())
+                    )))
+                }
+            }
+            let len = r.content_length().ok_or_else(|| {
+                Error::upstream_invalid(format!("{} sent no Content-Length", redact(r.url())))
+            })?;
+            if len > self.limits.max_blob_bytes {
+                return Err(Error::upstream_invalid(format!(
+                    "blob {d} is {len} bytes, over the {} byte limit",
+                    self.limits.max_blob_bytes
+                )));
+            }
+            Ok((r, len))
+        }
+        .await;
+        let (resp, len) = match start {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = len_tx.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let _ = len_tx.send(Ok(len));
+        let mut writer = self.blobs.begin(d).await?;
+        let mut stream = resp.into_stream();
+        let mut held: Option<Bytes> = None;
+        let mut got = 0u64;
+        let mut client = true;
+        let fail = |e: Error, tx: &mpsc::Sender<Result<Bytes>>| {
+            let _ = tx.try_send(Err(e.clone()));
+            Err(e)
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    return fail(
+                        Error::upstream_unavailable(format!("blob {d}: upstream body failed: {e}")),
+                        &tx,
+                    )
+                }
+            };
+            got += chunk.len() as u64;
+            if got > len {
+                return fail(
+                    Error::upstream_invalid(format!(
+                        "blob {d}: upstream sent more than its length"
+                    )),
+                    &tx,
+                );
+            }
+            if let Err(e) = writer.write(&chunk).await {
+                return fail(e, &tx);
+            }
+            // Hold the newest chunk back: the client gets it only after the digest checks.
+            if let Some(prev) = held.replace(chunk) {
+                if client && tx.send(Ok(prev)).await.is_err() {
+                    client = false; // keep filling the cache for the next client
+                }
+            }
+        }
+        if got != len {
+            return fail(
+                Error::upstream_unavailable(format!(
+                    "blob {d}: upstream body ended after {got} of {len} bytes"
+                )),
+                &tx,
+            );
+        }
+        if let Err(e) = writer.commit().await {
+            return fail(e, &tx);
+        }
+        if let (true, Some(last)) = (client, held) {
+            let _ = tx.send(Ok(last)).await;
+        }
+        Ok(())
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>`: passed through (not cached: it changes as artifacts
+    /// are attached).
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        query: Option<&str>,
+    ) -> Result<(u16, String, Bytes)> {
+        let up = self.upstream_repo(repo);
+        let tail = match query {
+            Some(q) if !q.is_empty() => format!("referrers/{d}?{q}"),
+            _ => format!("referrers/{d}"),
+        };
+        let r = self
+            .registry
+            .request(
+                reqwest::Method::GET,
+                &up,
+                &tail,
+                "application/vnd.oci.image.index.v1+json",
+            )
+            .await?;
+        let status = r.status;
+        let ct = r
+            .header("content-type")
+            .unwrap_or("application/json")
+            .to_string();
+        Ok((status, ct, r.bytes(MAX_MANIFEST).await?))
+    }
+}
+
+/// The `last` parameter of a tag list's `Link: <...?n=..&last=..>; rel="next"`.
+fn next_last(link: &str) -> Option<String> {
+    let inner = link.split('>').next()?.trim_start().trim_start_matches('<');
+    let query = inner.split_once('?')?.1;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "last")
+        .map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            next_last("</v2/a/tags/list?n=2&last=v1.0>; rel=\"next\""),
+            Some("v1.0".to_string())
+        );
+        assert_eq!(
+            next_last("<https://r/v2/a/tags/list?last=x%2By&n=1>; rel=next"),
+            Some("x+y".into())
+        );
+        assert_eq!(next_last("garbage"), None);
+    }
+}

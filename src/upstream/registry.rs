@@ -1,0 +1,419 @@
+//! A registry upstream: requests under `/v2/<repo>/...` with the Docker auth dance. A 401 with a
+//! `Bearer` challenge fetches a token from the realm (with Basic credentials when configured,
+//! anonymously otherwise) and caches it per scope until `expires_in`; a `Basic` challenge is
+//! answered with the credentials. Credentials are never logged and never leave for another host:
+//! the HTTP client drops `Authorization` on cross-host redirects (registries send blob GETs to
+//! CDNs). A 429 becomes `UpstreamRateLimited` with its `Retry-After`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use url::Url;
+
+use super::{read_capped, redact, status_err, unreachable_err};
+use crate::config::Credentials;
+use crate::convert::manifest::{HELM_CHART_LAYER, HELM_PROV_LAYER, LEGACY_CHART_LAYER};
+use crate::error::{Error, Kind, Result};
+use crate::ids::Digest;
+
+/// Every manifest type we pass through, so the registry never converts what it stores.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.artifact.manifest.v1+json";
+
+pub struct Registry {
+    http: reqwest::Client,
+    /// `scheme://host[:port]`
+    base: Url,
+    credentials: Option<Credentials>,
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// Set once the registry asked for Basic: send it up front from then on.
+    basic: AtomicBool,
+}
+
+/// A registry answer that is not an auth challenge, 429 or 5xx.
+pub struct RegistryResponse {
+    pub status: u16,
+    resp: reqwest::Response,
+    url: Url,
+}
+
+impl RegistryResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.resp.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length").and_then(|v| v.parse().ok())
+    }
+
+    pub async fn bytes(self, max: u64) -> Result<Bytes> {
+        read_capped(self.resp, &self.url, max).await
+    }
+
+    pub fn into_stream(self) -> impl futures::Stream<Item = reqwest::Result<Bytes>> {
+        self.resp.bytes_stream()
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+}
+
+pub struct OciChart {
+    pub chart: Bytes,
+    pub prov: Option<Bytes>,
+}
+
+impl Registry {
+    pub fn new(http: reqwest::Client, base: &Url, credentials: Option<Credentials>) -> Registry {
+        let mut base = base.clone();
+        base.set_path("/");
+        base.set_query(None);
+        Registry {
+            http,
+            base,
+            credentials,
+            tokens: Mutex::new(HashMap::new()),
+            basic: AtomicBool::new(false),
+        }
+    }
+
+    /// A registry for an `oci://host` reference: plain HTTP on loopback, as Helm assumes.
+    pub fn for_host(http: reqwest::Client, host: &str) -> Result<Registry> {
+        let hostname = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        let loopback =
+            hostname == "localhost" || hostname.starts_with("127.") || hostname == "[::1]";
+        let scheme = if loopback { "http" } else { "https" };
+        let base = Url::parse(&format!("{scheme}://{host}/"))
+            .map_err(|e| Error::upstream_invalid(format!("bad registry host {host:?}: {e}")))?;
+        Ok(Registry::new(http, &base, None))
+    }
+
+    pub fn url(&self, repo: &str, tail: &str) -> Result<Url> {
+        self.base
+            .join(&format!("v2/{repo}/{tail}"))
+            .map_err(|e| Error::internal(format!("bad registry URL: {e}")))
+    }
+
+    /// Sends a request, answering auth challenges. Returns 2xx, 3xx-final and 4xx answers
+    /// (callers decide what a 404 means); 401 after auth, 429 and 5xx are errors.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        repo: &str,
+        tail: &str,
+        accept: &str,
+    ) -> Result<RegistryResponse> {
+        let url = self.url(repo, tail)?;
+        let scope = format!("repository:{repo}:pull");
+        let mut challenged = false;
+        loop {
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .header("Accept", accept);
+            if let Some(t) = self.cached_token(&scope) {
+                req = req.bearer_auth(t);
+            } else if let (true, Some(c)) = (self.basic.load(Ordering::Relaxed), &self.credentials)
+            {
+                req = req.basic_auth(&c.username, Some(&c.password));
+            }
+            let resp = req.send().await.map_err(|e| unreachable_err(&url, e))?;
+            let status = resp.status().as_u16();
+            match status {
+                401 if !challenged => {
+                    challenged = true;
+                    let challenge = resp
+                        .headers()
+                        .get("www-authenticate")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    self.answer_challenge(&challenge, &scope).await?;
+                }
+                401 | 403 => {
+                    return Err(Error::upstream_unavailable(format!(
+                        "{} refused access (HTTP {status}){}",
+                        redact(&url),
+                        if self.credentials.is_some() {
+                            ""
+                        } else {
+                            "; no credentials are configured"
+                        }
+                    )))
+                }
+                429 => {
+                    let retry = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse().ok());
+                    return Err(Error::new(
+                        Kind::UpstreamRateLimited,
+                        format!("{} is rate-limiting (HTTP 429)", redact(&url)),
+                    )
+                    .with_retry_after(retry));
+                }
+                s if s >= 500 => return Err(status_err(&url, s)),
+                _ => return Ok(RegistryResponse { status, resp, url }),
+            }
+        }
+    }
+
+    fn cached_token(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().expect("token cache poisoned");
+        tokens
+            .get(scope)
+            .filter(|(_, exp)| Instant::now() < *exp)
+            .map(|(t, _)| t.clone())
+    }
+
+    async fn answer_challenge(&self, challenge: &str, scope: &str) -> Result<()> {
+        let lower = challenge.trim_start().to_ascii_lowercase();
+        if lower.starts_with("basic") {
+            if self.credentials.is_none() {
+                return Err(Error::upstream_unavailable(format!(
+                    "registry {} wants Basic credentials and none are configured",
+                    self.base
+                )));
+            }
+            self.basic.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        let params = parse_bearer_challenge(challenge).ok_or_else(|| {
+            Error::upstream_unavailable(format!(
+                "registry {} answered 401 without a usable challenge",
+                self.base
+            ))
+        })?;
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let realm = get("realm").unwrap_or_default();
+        let mut url = Url::parse(&realm)
+            .map_err(|_| Error::upstream_invalid(format!("bad token realm {realm:?}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = get("service") {
+                q.append_pair("service", &s);
+            }
+            q.append_pair("scope", &get("scope").unwrap_or_else(|| scope.to_string()));
+        }
+        let mut req = self.http.get(url.clone());
+        if let Some(c) = &self.credentials {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let resp = req.send().await.map_err(|e| unreachable_err(&url, e))?;
+        if !resp.status().is_success() {
+            return Err(Error::upstream_unavailable(format!(
+                "token endpoint {} answered HTTP {}",
+                redact(&url),
+                resp.status().as_u16()
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let body = read_capped(resp, &url, 1 << 20).await?;
+        let t: Token = serde_json::from_slice(&body).map_err(|e| {
+            Error::upstream_invalid(format!(
+                "token endpoint {} answered badly: {e}",
+                redact(&url)
+            ))
+        })?;
+        let token = t
+            .token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::upstream_invalid("token endpoint gave no token"))?;
+        // Refresh a little early; the spec's default lifetime is 60 s.
+        let life = Duration::from_secs(t.expires_in.unwrap_or(60).saturating_sub(10).max(1));
+        self.tokens
+            .lock()
+            .expect("token cache poisoned")
+            .insert(scope.to_string(), (token, Instant::now() + life));
+        Ok(())
+    }
+
+    /// GETs a whole body, requiring 200.
+    pub async fn get_bytes(&self, repo: &str, tail: &str, accept: &str, max: u64) -> Result<Bytes> {
+        let r = self
+            .request(reqwest::Method::GET, repo, tail, accept)
+            .await?;
+        if r.status != 200 {
+            return Err(Error::upstream_invalid(format!(
+                "{} answered HTTP {}",
+                redact(r.url()),
+                r.status
+            )));
+        }
+        r.bytes(max).await
+    }
+
+    /// Pulls a Helm chart (and its provenance file, when the artifact has one).
+    pub async fn pull_chart(&self, repo: &str, reference: &str, max: u64) -> Result<OciChart> {
+        let manifest = self
+            .get_bytes(
+                repo,
+                &format!("manifests/{reference}"),
+                MANIFEST_ACCEPT,
+                4 << 20,
+            )
+            .await?;
+        if let Some(d) = reference.strip_prefix("sha256:") {
+            let (want, got) = (Digest::from_hex(d)?, Digest::of(&manifest));
+            if want != got {
+                return Err(crate::cache::digest_mismatch(&want, &got));
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Layer {
+            #[serde(rename = "mediaType")]
+            media_type: String,
+            digest: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Manifest {
+            layers: Vec<Layer>,
+        }
+        let m: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
+            Error::upstream_invalid(format!("{repo}:{reference}: not an OCI manifest: {e}"))
+        })?;
+        let layer = |types: &[&str]| {
+            m.layers
+                .iter()
+                .find(|l| types.contains(&l.media_type.as_str()))
+        };
+        let chart = layer(&[HELM_CHART_LAYER, LEGACY_CHART_LAYER]).ok_or_else(|| {
+            Error::upstream_invalid(format!("{repo}:{reference} has no Helm chart layer"))
+        })?;
+        let chart = self.verified_blob(repo, &chart.digest, max).await?;
+        let prov = match layer(&[HELM_PROV_LAYER]) {
+            Some(p) => Some(self.verified_blob(repo, &p.digest, max).await?),
+            None => None,
+        };
+        Ok(OciChart { chart, prov })
+    }
+
+    /// A whole blob, checked against its digest.
+    pub async fn verified_blob(&self, repo: &str, digest: &str, max: u64) -> Result<Bytes> {
+        let want: Digest = digest.parse()?;
+        let bytes = self
+            .get_bytes(
+                repo,
+                &format!("blobs/{want}"),
+                "application/octet-stream",
+                max,
+            )
+            .await?;
+        let got = Digest::of(&bytes);
+        if got != want {
+            return Err(crate::cache::digest_mismatch(&want, &got));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Splits `oci://host/repo/chart[:tag|@digest]` into host, repository and reference;
+/// `default_tag` (a chart version) is used when the URL names neither.
+pub fn parse_oci_url(s: &str, default_tag: &str) -> Result<(String, String, String)> {
+    let bad = || Error::upstream_invalid(format!("bad oci:// chart URL {s:?}"));
+    let rest = s.strip_prefix("oci://").ok_or_else(bad)?;
+    let (host, path) = rest.split_once('/').ok_or_else(bad)?;
+    let (repo, reference) = if let Some((repo, d)) = path.split_once('@') {
+        (repo.to_string(), d.to_string())
+    } else {
+        let last = path.rsplit('/').next().unwrap_or(path);
+        match last.split_once(':') {
+            Some((_, tag)) => (
+                path[..path.len() - tag.len() - 1].to_string(),
+                tag.to_string(),
+            ),
+            None => (
+                path.to_string(),
+                crate::convert::version::tag_for_version(default_tag),
+            ),
+        }
+    };
+    if host.is_empty() || repo.is_empty() || reference.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), repo, reference))
+}
+
+/// `Bearer realm="..",service="..",scope=".."` -> key/value pairs.
+fn parse_bearer_challenge(h: &str) -> Option<Vec<(String, String)>> {
+    let t = h.trim();
+    let rest = t.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer "))?;
+    let mut s = t[rest.len()..].trim();
+    let mut out = Vec::new();
+    while !s.is_empty() {
+        let (k, v) = s.split_once('=')?;
+        let k = k.trim().trim_start_matches(',').trim().to_string();
+        let v = v.trim_start();
+        let (val, tail) = if let Some(q) = v.strip_prefix('"') {
+            let end = q.find('"')?;
+            (q[..end].to_string(), &q[end + 1..])
+        } else {
+            let end = v.find(',').unwrap_or(v.len());
+            (v[..end].to_string(), &v[end..])
+        };
+        out.push((k, val));
+        s = tail.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_urls() {
+        let r =
+            parse_oci_url("oci://registry-1.docker.io/bitnamicharts/redis:20.1.0", "x").unwrap();
+        assert_eq!(
+            r,
+            (
+                "registry-1.docker.io".into(),
+                "bitnamicharts/redis".into(),
+                "20.1.0".into()
+            )
+        );
+        let r = parse_oci_url("oci://127.0.0.1:5000/charts/demo", "1.0.0+b").unwrap();
+        assert_eq!(
+            r,
+            (
+                "127.0.0.1:5000".into(),
+                "charts/demo".into(),
+                "1.0.0_b".into()
+            )
+        );
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_oci_url(&format!("oci://h:1/a/b@{d}"), "x").unwrap();
+        assert_eq!((r.1.as_str(), r.2.as_str()), ("a/b", d.as_str()));
+        assert!(parse_oci_url("oci://nohost", "x").is_err());
+        assert!(parse_oci_url("https://x/y", "x").is_err());
+    }
+
+    #[test]
+    fn bearer_challenges() {
+        let p = parse_bearer_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull""#,
+        )
+        .unwrap();
+        assert_eq!(
+            p[0],
+            ("realm".into(), "https://auth.docker.io/token".into())
+        );
+        assert_eq!(p[2], ("scope".into(), "repository:a/b:pull".into()));
+        assert!(parse_bearer_challenge("Basic realm=x").is_none());
+    }
+}
