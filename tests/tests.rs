@@ -8,4 +8,5 @@ mod cli;
 mod helm_clients;
 mod mirror;
 mod oci_api;
+mod oci_upstream;
 mod upstream_faults;

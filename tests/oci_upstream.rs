@@ -1,0 +1,290 @@
+//! OCI upstreams: a real registry (CNCF distribution) behind chartbridge, with the real helm CLI
+//! and skopeo as clients. Bytes and digests must be the upstream's, exactly.
+
+use crate::support::*;
+
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+fn manifest_raw(url: &str) -> (String, Vec<u8>) {
+    let r = client()
+        .get(url)
+        .header(
+            "Accept",
+            format!("{INDEX_TYPE}, application/vnd.oci.image.manifest.v1+json"),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    let d = r.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (d, r.bytes().unwrap().to_vec())
+}
+
+/// Pushes three tagged multi-arch images (v1.2.0, v1.10.0, v1.9.0-rc.1; no `latest`).
+fn push_images(reg: &Proc) -> tempfile::TempDir {
+    let layouts = tempfile::tempdir().unwrap();
+    for (i, tag) in ["v1.2.0", "v1.10.0", "v1.11.0-rc.1"].iter().enumerate() {
+        let dir = layouts.path().join(tag);
+        make_image_layout(&dir, tag, 3 << 20, i as u64 + 7);
+        skopeo(&[
+            "copy",
+            "--all",
+            &format!("oci:{}:{tag}", dir.display()),
+            &format!("docker://{}/test/hello:{tag}", reg.host()),
+            "--dest-tls-verify=false",
+        ])
+        .unwrap();
+    }
+    layouts
+}
+
+#[test]
+fn helm_charts_in_a_registry_pull_through_byte_identical() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    let reg = registry();
+    Helm::new("v4.1.4").run(&[
+        "push",
+        repo.path("demo-0.1.0.tgz").to_str().unwrap(),
+        &format!("oci://{}/charts", reg.host()),
+        "--plain-http",
+    ]);
+    let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
+    let (ud, ub) = manifest_raw(&format!("{}/v2/charts/demo/manifests/0.1.0", reg.url()));
+    let (bd, bb) = manifest_raw(&format!(
+        "{}/v2/reg/charts/demo/manifests/0.1.0",
+        bridge.url()
+    ));
+    assert_eq!(
+        (bd, bb),
+        (ud, ub),
+        "manifest bytes and digest pass through unchanged"
+    );
+    for v in HELM_VERSIONS {
+        let out = tempfile::tempdir().unwrap();
+        Helm::new(v).run(&[
+            "pull",
+            &format!("oci://{}/reg/charts/demo", bridge.host()),
+            "--version",
+            "0.1.0",
+            "--plain-http",
+            "-d",
+            out.path().to_str().unwrap(),
+        ]);
+        assert_eq!(
+            std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+            repo.bytes("demo-0.1.0.tgz"),
+            "helm {v}"
+        );
+    }
+}
+
+#[test]
+fn skopeo_copies_multi_arch_images_through_with_digests_preserved_and_latest() {
+    let reg = registry();
+    let _layouts = push_images(&reg);
+    let mut bridge_ups = oci_upstream("reg", &reg.url(), "");
+    bridge_ups.push_str(&oci_upstream("strict", &reg.url(), "    latest: never\n"));
+    let bridge = chartbridge(&bridge_ups);
+    let b = bridge.host();
+
+    // the index, byte for byte, through skopeo
+    let up_raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/test/hello:v1.2.0", reg.host()),
+    ])
+    .unwrap();
+    let br_raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{b}/reg/test/hello:v1.2.0"),
+    ])
+    .unwrap();
+    assert_eq!(up_raw, br_raw);
+
+    // a full multi-arch copy out of chartbridge: every blob arrives and verifies (skopeo checks)
+    let out = tempfile::tempdir().unwrap();
+    skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{b}/reg/test/hello:v1.2.0"),
+        &format!("oci:{}:copy", out.path().display()),
+    ])
+    .unwrap();
+    let (up_digest, _) = manifest_raw(&format!("{}/v2/test/hello/manifests/v1.2.0", reg.url()));
+    let copied: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        copied["manifests"][0]["digest"],
+        up_digest.as_str(),
+        "digest preserved end to end"
+    );
+
+    // latest: the upstream has none; it resolves to the highest stable semver tag (v1.10.0,
+    // not the prerelease, not lexically-highest v1.2.0)
+    let tags = skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{b}/reg/test/hello"),
+    ])
+    .unwrap();
+    assert!(tags.contains("\"latest\""), "{tags}");
+    let latest = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{b}/reg/test/hello:latest"),
+    ])
+    .unwrap();
+    let v110 = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/test/hello:v1.10.0", reg.host()),
+    ])
+    .unwrap();
+    assert_eq!(latest, v110);
+    // latest: never leaves it missing
+    let (status, code) = oci_code(get(&format!(
+        "{}/v2/strict/test/hello/manifests/latest",
+        bridge.url()
+    )));
+    assert_eq!((status, code.as_str()), (404, "MANIFEST_UNKNOWN"));
+    let strict: serde_json::Value =
+        get(&format!("{}/v2/strict/test/hello/tags/list", bridge.url()))
+            .json()
+            .unwrap();
+    assert!(!strict["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t == "latest"));
+}
+
+#[test]
+fn an_upstream_latest_passes_through_unless_the_policy_is_always() {
+    let reg = registry();
+    let _layouts = push_images(&reg);
+    skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{}/test/hello:v1.2.0", reg.host()),
+        &format!("docker://{}/test/hello:latest", reg.host()),
+    ])
+    .unwrap();
+    let mut ups = oci_upstream("reg", &reg.url(), "");
+    ups.push_str(&oci_upstream("always", &reg.url(), "    latest: always\n"));
+    let bridge = chartbridge(&ups);
+    let (v12, _) = manifest_raw(&format!("{}/v2/test/hello/manifests/v1.2.0", reg.url()));
+    let (v110, _) = manifest_raw(&format!("{}/v2/test/hello/manifests/v1.10.0", reg.url()));
+    let (passed, _) = manifest_raw(&format!(
+        "{}/v2/reg/test/hello/manifests/latest",
+        bridge.url()
+    ));
+    assert_eq!(passed, v12, "upstream latest passed through");
+    let (forced, _) = manifest_raw(&format!(
+        "{}/v2/always/test/hello/manifests/latest",
+        bridge.url()
+    ));
+    assert_eq!(forced, v110, "latest: always overrides it");
+}
+
+#[test]
+fn containerd_ns_routing_and_default_upstream() {
+    let reg = registry();
+    let _layouts = push_images(&reg);
+    let bridge = chartbridge_with(
+        &oci_upstream("reg", &reg.url(), ""),
+        "default_upstream: reg\n",
+        None,
+    );
+    let (up, _) = manifest_raw(&format!("{}/v2/test/hello/manifests/v1.2.0", reg.url()));
+    let via_ns = format!(
+        "{}/v2/test/hello/manifests/v1.2.0?ns={}",
+        bridge.url(),
+        reg.host()
+    );
+    assert_eq!(manifest_raw(&via_ns).0, up);
+    let via_default = format!("{}/v2/test/hello/manifests/v1.2.0", bridge.url());
+    assert_eq!(manifest_raw(&via_default).0, up);
+    // a registry no upstream is configured for is refused, never dialled
+    let (status, code) = oci_code(get(&format!(
+        "{}/v2/test/hello/manifests/v1.2.0?ns=registry.example.com",
+        bridge.url()
+    )));
+    assert_eq!((status, code.as_str()), (404, "NAME_UNKNOWN"));
+}
+
+/// Pulled once, served again with the registry stopped: manifests by tag (last known digest),
+/// by digest, blobs, and tag lists, through skopeo and helm.
+#[test]
+fn a_second_pull_succeeds_from_cache_with_the_upstream_stopped() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    let mut reg = registry();
+    let _layouts = push_images(&reg);
+    Helm::new("v4.1.4").run(&[
+        "push",
+        repo.path("demo-0.1.0.tgz").to_str().unwrap(),
+        &format!("oci://{}/charts", reg.host()),
+        "--plain-http",
+    ]);
+    let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
+    let b = bridge.host();
+    let copy = |dest: &str| {
+        skopeo(&[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{b}/reg/test/hello:v1.2.0"),
+            &format!("oci:{dest}:x"),
+        ])
+    };
+    let first = tempfile::tempdir().unwrap();
+    copy(first.path().to_str().unwrap()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let pull = |v: &str| {
+        Helm::new(v).try_run(&[
+            "pull",
+            &format!("oci://{b}/reg/charts/demo"),
+            "--version",
+            "0.1.0",
+            "--plain-http",
+            "-d",
+            out.path().to_str().unwrap(),
+        ])
+    };
+    pull("v4.1.4").unwrap();
+    skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{b}/reg/test/hello"),
+    ])
+    .unwrap();
+
+    reg.stop();
+    std::thread::sleep(std::time::Duration::from_millis(1200)); // past tag_ttl
+    let second = tempfile::tempdir().unwrap();
+    copy(second.path().to_str().unwrap()).expect("copy from cache with the upstream down");
+    std::fs::remove_file(out.path().join("demo-0.1.0.tgz")).unwrap();
+    for v in HELM_VERSIONS {
+        pull(v).unwrap_or_else(|e| panic!("helm {v} from cache: {e}"));
+    }
+    assert_eq!(
+        std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+        repo.bytes("demo-0.1.0.tgz")
+    );
+    let tags = skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{b}/reg/test/hello"),
+    ])
+    .unwrap();
+    assert!(tags.contains("v1.2.0"));
+}
