@@ -13,6 +13,8 @@ command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v unzip >/dev/null || need_apt+=(unzip)
 command -v npm >/dev/null || need_apt+=(npm)
+command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
+command -v python3 >/dev/null || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_apt[*]}; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2
@@ -22,6 +24,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+# The test token realm (tests/peers/token_server.py) signs JWTs with `cryptography`.
+python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install --quiet cryptography \
+  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-cryptography >/dev/null
 
 tools=target/test-tools
 mkdir -p "$tools"

@@ -9,4 +9,5 @@ mod helm_clients;
 mod mirror;
 mod oci_api;
 mod oci_upstream;
+mod registry_auth;
 mod upstream_faults;
