@@ -77,18 +77,6 @@ impl App {
         })
     }
 
-    fn helm(&self, name: &UpstreamName) -> Result<&Arc<HelmUpstream>> {
-        match self.upstream(name)? {
-            Source::Helm(h) => Ok(h),
-            Source::Oci(_) => Err(Error::new(
-                Kind::NotFound,
-                format!(
-                    "{name} is an OCI upstream: its charts are at /{name}/<repository>/index.yaml"
-                ),
-            )),
-        }
-    }
-
     /// Which upstream serves a repository name, and the name below it: containerd's `ns`
     /// (matched against each upstream's registry host; an unknown host is never dialled), else a
     /// path prefix naming an upstream, else the default upstream.
@@ -197,15 +185,19 @@ impl App {
                     }
                 }
             }
-            Route::MirrorIndex { upstream } => {
-                views::mirror::index(self.helm(&upstream)?, req).await
+            Route::MirrorIndex { upstream, repo } => {
+                views::mirror::index(self.upstream(&upstream)?, repo.as_ref(), req).await
             }
             Route::MirrorArchive {
                 upstream,
+                repo,
                 chart,
                 version,
                 prov,
-            } => views::mirror::archive(self.helm(&upstream)?, &chart, &version, prov, req).await,
+            } => {
+                let src = self.upstream(&upstream)?;
+                views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req).await
+            }
             Route::Metrics => Ok(Response::new(200).with_body(
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 Bytes::from(crate::metrics::render()),

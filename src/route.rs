@@ -20,13 +20,16 @@ pub enum Route {
         ns: Option<String>,
         op: OciOp,
     },
-    /// `GET /<upstream>/index.yaml`
+    /// `GET /<upstream>[/<repository>]/index.yaml`
     MirrorIndex {
         upstream: UpstreamName,
+        /// For an OCI upstream: the chart repository whose tags become the index.
+        repo: Option<RepoName>,
     },
-    /// `GET /<upstream>/-/<chart>/<version>/<file>` (`.tgz` or `.tgz.prov`)
+    /// `GET /<upstream>[/<repository>]/-/<chart>/<version>/<file>` (`.tgz` or `.tgz.prov`)
     MirrorArchive {
         upstream: UpstreamName,
+        repo: Option<RepoName>,
         chart: String,
         version: String,
         prov: bool,
@@ -180,31 +183,44 @@ fn segments(path: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+/// The repository path between the upstream and the file, if any (`a/b` in `/up/a/b/index.yaml`).
+fn repo_between(segs: &[String]) -> Result<Option<RepoName>> {
+    if segs.is_empty() {
+        Ok(None)
+    } else {
+        segs.join("/").parse().map(Some)
+    }
+}
+
 fn parse_mirror(path: &str) -> Result<Route> {
     let segs = segments(path)?;
     let not_found = || Error::new(Kind::NotFound, format!("nothing here: {path}"));
-    match segs.as_slice() {
-        [up, file] if file == "index.yaml" => Ok(Route::MirrorIndex {
-            upstream: up.parse()?,
-        }),
-        [up, dash, chart, version, file] if dash == "-" => {
-            let stem = format!("{chart}-{version}.tgz");
-            let prov = if *file == stem {
-                false
-            } else if *file == format!("{stem}.prov") {
-                true
-            } else {
-                return Err(not_found());
-            };
-            Ok(Route::MirrorArchive {
-                upstream: up.parse()?,
-                chart: chart.clone(),
-                version: version.clone(),
-                prov,
-            })
-        }
-        _ => Err(not_found()),
+    let n = segs.len();
+    if n >= 2 && segs[n - 1] == "index.yaml" {
+        return Ok(Route::MirrorIndex {
+            upstream: segs[0].parse()?,
+            repo: repo_between(&segs[1..n - 1])?,
+        });
     }
+    if n >= 5 && segs[n - 4] == "-" {
+        let (chart, version, file) = (&segs[n - 3], &segs[n - 2], &segs[n - 1]);
+        let stem = format!("{chart}-{version}.tgz");
+        let prov = if *file == stem {
+            false
+        } else if *file == format!("{stem}.prov") {
+            true
+        } else {
+            return Err(not_found());
+        };
+        return Ok(Route::MirrorArchive {
+            upstream: segs[0].parse()?,
+            repo: repo_between(&segs[1..n - 4])?,
+            chart: chart.clone(),
+            version: version.clone(),
+            prov,
+        });
+    }
+    Err(not_found())
 }
 
 #[cfg(test)]
@@ -301,7 +317,8 @@ mod tests {
         assert_eq!(
             parse("GET", "/metallb/index.yaml", None).unwrap(),
             Route::MirrorIndex {
-                upstream: "metallb".parse().unwrap()
+                upstream: "metallb".parse().unwrap(),
+                repo: None
             }
         );
         assert_eq!(
@@ -313,17 +330,31 @@ mod tests {
             .unwrap(),
             Route::MirrorArchive {
                 upstream: "m".parse().unwrap(),
+                repo: None,
                 chart: "metallb".into(),
                 version: "1.0.0+b".into(),
                 prov: true
             }
         );
+        assert_eq!(
+            parse("GET", "/ghcr/stefanprodan/charts/podinfo/index.yaml", None).unwrap(),
+            Route::MirrorIndex {
+                upstream: "ghcr".parse().unwrap(),
+                repo: Some("stefanprodan/charts/podinfo".parse().unwrap())
+            }
+        );
+        assert!(matches!(
+            parse("GET", "/g/a/b/-/b/1.0.0/b-1.0.0.tgz", None).unwrap(),
+            Route::MirrorArchive { repo: Some(r), .. } if r.as_str() == "a/b"
+        ));
         for bad in [
+            "/m/A/index.yaml",
             "/m/-/a/1/b-1.tgz",
             "/m/-/../1/..-1.tgz",
             "/m/-/a%2f/1/a%2f-1.tgz",
             "/m//index.yaml",
             "/m/x/index.yaml/",
+            "/m/a/../index.yaml",
             "/",
         ] {
             assert!(parse("GET", bad, None).is_err(), "{bad}");

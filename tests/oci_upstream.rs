@@ -288,3 +288,115 @@ fn a_second_pull_succeeds_from_cache_with_the_upstream_stopped() {
     .unwrap();
     assert!(tags.contains("v1.2.0"));
 }
+
+/// OCI-hosted charts as a classic Helm repository: per chart repository and for the whole
+/// upstream (from the registry's catalog), with real `helm repo add`, `search repo`, `pull` and
+/// `dependency update`.
+#[test]
+fn oci_charts_served_as_an_index_yaml_repository() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0"), ("demo", "0.2.0")]);
+    let reg = registry();
+    let _images = push_images(&reg); // an image repository the catalog index must skip
+    let h4 = Helm::new("v4.1.4");
+    for v in ["0.1.0", "0.2.0"] {
+        h4.run(&[
+            "push",
+            repo.path(&format!("demo-{v}.tgz")).to_str().unwrap(),
+            &format!("oci://{}/charts", reg.host()),
+            "--plain-http",
+        ]);
+    }
+    let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
+    let u = bridge.url();
+
+    let idx = get(&format!("{u}/reg/charts/demo/index.yaml"));
+    assert_eq!(idx.status(), 200);
+    let etag = idx.headers()["etag"].to_str().unwrap().to_string();
+    let body = idx.bytes().unwrap();
+    let parsed = chartbridge::convert::index::parse_index(&body, Default::default()).unwrap();
+    let versions = parsed.versions("demo").unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| v.version.as_str())
+            .collect::<Vec<_>>(),
+        ["0.2.0", "0.1.0"]
+    );
+    let digest = chartbridge::ids::Digest::of(&repo.bytes("demo-0.1.0.tgz"));
+    assert_eq!(versions[1].digest, digest.hex());
+    assert_eq!(versions[1].urls, ["-/demo/0.1.0/demo-0.1.0.tgz"]);
+    // deterministic, and conditional requests work
+    assert_eq!(
+        get(&format!("{u}/reg/charts/demo/index.yaml"))
+            .bytes()
+            .unwrap(),
+        body
+    );
+    let again = client()
+        .get(format!("{u}/reg/charts/demo/index.yaml"))
+        .header("If-None-Match", &etag)
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), 304);
+
+    for v in ["v3.17.3", "v4.1.4"] {
+        let helm = Helm::new(v);
+        helm.run(&["repo", "add", "podinfoish", &format!("{u}/reg/charts/demo")]);
+        let found = helm.run(&["search", "repo", "podinfoish/demo", "--versions"]);
+        assert!(
+            found.contains("0.2.0") && found.contains("0.1.0"),
+            "helm {v}: {found}"
+        );
+        let out = tempfile::tempdir().unwrap();
+        helm.run(&[
+            "pull",
+            "podinfoish/demo",
+            "--version",
+            "0.1.0",
+            "-d",
+            out.path().to_str().unwrap(),
+        ]);
+        assert_eq!(
+            std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+            repo.bytes("demo-0.1.0.tgz"),
+            "helm {v}"
+        );
+    }
+
+    // the upstream-level index, from the registry catalog
+    let all = get(&format!("{u}/reg/index.yaml")).bytes().unwrap();
+    let all = chartbridge::convert::index::parse_index(&all, Default::default()).unwrap();
+    assert_eq!(
+        all.entries.len(),
+        1,
+        "only chart repositories are listed: {:?}",
+        all.entries.keys()
+    );
+    assert_eq!(
+        all.versions("demo").unwrap()[0].urls,
+        ["charts/demo/-/demo/0.2.0/demo-0.2.0.tgz"]
+    );
+    let h3 = Helm::new("v3.18.0");
+    h3.run(&["repo", "add", "whole", &format!("{u}/reg")]);
+    let out = tempfile::tempdir().unwrap();
+    h3.run(&["pull", "whole/demo", "-d", out.path().to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(out.path().join("demo-0.2.0.tgz")).unwrap(),
+        repo.bytes("demo-0.2.0.tgz")
+    );
+
+    // helm dependency update against it
+    let parent = tempfile::tempdir().unwrap();
+    let chart_dir = parent.path().join("app");
+    h3.run(&["create", chart_dir.to_str().unwrap()]);
+    let mut chart_yaml = std::fs::read_to_string(chart_dir.join("Chart.yaml")).unwrap();
+    chart_yaml.push_str(&format!(
+        "dependencies:\n  - name: demo\n    version: \"~0.1.0\"\n    repository: {u}/reg/charts/demo\n"
+    ));
+    std::fs::write(chart_dir.join("Chart.yaml"), chart_yaml).unwrap();
+    h3.run(&["dependency", "update", chart_dir.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(chart_dir.join("charts").join("demo-0.1.0.tgz")).unwrap(),
+        repo.bytes("demo-0.1.0.tgz")
+    );
+}

@@ -12,9 +12,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
+mod chart_index;
+
+pub use chart_index::BuiltIndex;
+
 use super::ServedManifest;
 use crate::cache::{BlobCache, Flight, RefStore};
 use crate::config::{LatestPolicy, Limits, Upstream};
+use crate::convert::index::ChartVersion;
 use crate::convert::version;
 use crate::error::{Error, Kind, Result};
 use crate::http::BlobData;
@@ -49,6 +54,10 @@ pub struct OciUpstream {
     resolve_flight: Flight<(String, String), Digest>,
     manifest_flight: Flight<Digest, ServedManifest>,
     blob_flight: Flight<Digest, ()>,
+    /// Index entries by (chart layer digest, URL prefix): a refresh only fetches new configs.
+    index_entries: moka::future::Cache<(Digest, String), ChartVersion>,
+    /// Built index.yaml views, fresh for `tag_ttl`.
+    built_indexes: moka::future::Cache<String, BuiltIndex>,
 }
 
 impl OciUpstream {
@@ -79,6 +88,11 @@ impl OciUpstream {
             resolve_flight: Flight::default(),
             manifest_flight: Flight::default(),
             blob_flight: Flight::default(),
+            index_entries: moka::future::Cache::builder().max_capacity(100_000).build(),
+            built_indexes: moka::future::Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(ttl)
+                .build(),
             config,
         }
     }
@@ -190,6 +204,12 @@ impl OciUpstream {
             return None;
         }
         version::highest_stable(tags.iter().map(String::as_str)).map(str::to_string)
+    }
+
+    /// The upstream's tags of a repository (no synthesised `latest`).
+    pub async fn tags_upstream_only(self: &Arc<Self>, repo: &RepoName) -> Result<Arc<Vec<String>>> {
+        let up = self.upstream_repo(repo);
+        self.upstream_tags(&up).await
     }
 
     /// The tag list as served: the upstream's, plus `latest` where it is synthesised.

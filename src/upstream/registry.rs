@@ -111,7 +111,33 @@ impl Registry {
         accept: &str,
     ) -> Result<RegistryResponse> {
         let url = self.url(repo, tail)?;
-        let scope = format!("repository:{repo}:pull");
+        self.request_at(method, url, &format!("repository:{repo}:pull"), accept)
+            .await
+    }
+
+    /// A GET of a path outside any repository (`v2/_catalog`), with its token scope.
+    pub async fn request_path(
+        &self,
+        path: &str,
+        scope: &str,
+        accept: &str,
+    ) -> Result<RegistryResponse> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| Error::internal(format!("bad registry URL: {e}")))?;
+        self.request_at(reqwest::Method::GET, url, scope, accept)
+            .await
+    }
+
+    async fn request_at(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        scope: &str,
+        accept: &str,
+    ) -> Result<RegistryResponse> {
+        let scope = scope.to_string();
         let mut challenged = false;
         loop {
             let mut req = self

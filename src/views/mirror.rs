@@ -1,51 +1,90 @@
-//! The Helm HTTP repository mirror: the upstream's index.yaml with every chart URL pointing back
-//! at chartbridge (relative URLs, so the bytes do not depend on the Host a client used), and the
-//! chart archives and provenance files behind those URLs, served from the cache.
+//! The Helm HTTP repository view. For a helm upstream: its index.yaml with every chart URL
+//! pointing back at chartbridge (relative URLs, so the bytes do not depend on the Host a client
+//! used) and the archives behind them, from the cache. For an OCI upstream: an index.yaml built
+//! from a chart repository's tags (or the upstream's charts), and the chart layers behind it.
 
-use std::sync::Arc;
+use bytes::Bytes;
 
 use crate::error::{Error, Kind, Result};
 use crate::http::{blob_response, Request, Response};
-use crate::resolver::HelmUpstream;
+use crate::ids::RepoName;
+use crate::resolver::Source;
 
-/// `GET /<upstream>/index.yaml`, with `ETag` / `If-None-Match`.
-pub async fn index(up: &Arc<HelmUpstream>, req: &Request) -> Result<Response> {
-    let state = up.index().await?;
-    let matches = req.if_none_match.as_deref().is_some_and(|h| {
-        h.split(',')
-            .any(|t| t.trim() == state.etag || t.trim() == "*")
-    });
+/// `GET /<upstream>[/<repository>]/index.yaml`, with `ETag` / `If-None-Match`.
+pub async fn index(src: &Source, repo: Option<&RepoName>, req: &Request) -> Result<Response> {
+    let (bytes, etag): (Bytes, String) = match (src, repo) {
+        (Source::Helm(up), None) => {
+            let state = up.index().await?;
+            (state.rewritten.clone(), state.etag.clone())
+        }
+        (Source::Helm(up), Some(r)) => {
+            return Err(Error::new(
+                Kind::NotFound,
+                format!(
+                    "{} is a helm repository: its index is /{}/index.yaml, not under {r}",
+                    up.config.name, up.config.name
+                ),
+            ))
+        }
+        (Source::Oci(up), repo) => {
+            let built = up.chart_index(repo).await?;
+            (built.bytes, built.etag)
+        }
+    };
+    let matches = req
+        .if_none_match
+        .as_deref()
+        .is_some_and(|h| h.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if matches {
-        return Ok(Response::new(304).header("ETag", state.etag.clone()));
+        return Ok(Response::new(304).header("ETag", etag));
     }
     Ok(Response::new(200)
-        .header("ETag", state.etag.clone())
+        .header("ETag", etag)
         .header("Cache-Control", "no-cache")
-        .with_body("application/x-yaml", state.rewritten.clone(), req.is_head()))
+        .with_body("application/x-yaml", bytes, req.is_head()))
 }
 
-/// `GET /<upstream>/-/<chart>/<version>/<chart>-<version>.tgz[.prov]`.
+/// `GET /<upstream>[/<repository>]/-/<chart>/<version>/<chart>-<version>.tgz[.prov]`.
 pub async fn archive(
-    up: &Arc<HelmUpstream>,
+    src: &Source,
+    repo: Option<&RepoName>,
     chart: &str,
     version: &str,
     prov: bool,
     req: &Request,
 ) -> Result<Response> {
-    if prov {
-        let (bytes, d) = up.provenance(chart, version).await?.ok_or_else(|| {
-            Error::new(
-                Kind::NotFound,
-                format!("{chart} {version} has no provenance file upstream"),
+    let (bytes, d, content_type) = match (src, repo) {
+        (Source::Helm(up), None) if prov => {
+            let (b, d) = up.provenance(chart, version).await?.ok_or_else(|| {
+                Error::new(
+                    Kind::NotFound,
+                    format!("{chart} {version} has no provenance file upstream"),
+                )
+            })?;
+            (b, d, "application/octet-stream")
+        }
+        (Source::Helm(up), None) => {
+            let (b, d) = up.archive(chart, version).await?;
+            (b, d, "application/gzip")
+        }
+        (Source::Oci(up), Some(r)) => {
+            let (b, d) = up.chart_archive(r, version, prov).await?;
+            (
+                b,
+                d,
+                if prov {
+                    "application/octet-stream"
+                } else {
+                    "application/gzip"
+                },
             )
-        })?;
-        return Ok(blob_response(
-            req,
-            "application/octet-stream",
-            bytes,
-            Some(&d),
-        ));
-    }
-    let (bytes, d) = up.archive(chart, version).await?;
-    Ok(blob_response(req, "application/gzip", bytes, Some(&d)))
+        }
+        _ => {
+            return Err(Error::new(
+                Kind::NotFound,
+                format!("no archive {chart} {version} here"),
+            ))
+        }
+    };
+    Ok(blob_response(req, content_type, bytes, Some(&d)))
 }

@@ -1,0 +1,300 @@
+//! The index.yaml view of OCI charts: every semver tag of a chart repository becomes an index
+//! entry built from the chart's config blob (its Chart.yaml), with `digest` = the chart layer's
+//! sha256, `created` from the manifest's `org.opencontainers.image.created` annotation (fixed
+//! fallback), and a relative URL to chartbridge's archive route. Built incrementally (entries are
+//! remembered by manifest digest, so a refresh fetches only what it has not seen) with bounded
+//! concurrency, and deterministic: the same upstream bytes give the same index bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::OciUpstream;
+use crate::convert::chart::ChartMetadata;
+use crate::convert::index::ChartVersion;
+use crate::convert::index::{archive_path, IndexFile};
+use crate::convert::manifest::{
+    FALLBACK_CREATED, HELM_CHART_LAYER, HELM_CONFIG, HELM_PROV_LAYER, LEGACY_CHART_LAYER,
+};
+use crate::convert::version;
+use crate::error::{Error, Kind, Result};
+use crate::ids::{Digest, Reference, RepoName, Tag};
+
+/// Concurrent config fetches while building an index.
+const CONCURRENCY: usize = 8;
+/// Most repositories an upstream-level index takes from `_catalog`.
+const MAX_CATALOG: usize = 500;
+
+/// What a chart manifest points at.
+#[derive(Clone, Debug)]
+pub struct ChartLayers {
+    pub config: Digest,
+    pub chart: Digest,
+    pub prov: Option<Digest>,
+    pub created: Option<String>,
+}
+
+/// A built index: bytes and strong ETag.
+#[derive(Clone)]
+pub struct BuiltIndex {
+    pub bytes: Bytes,
+    pub etag: String,
+}
+
+impl OciUpstream {
+    /// The repositories of the upstream-level index: `charts:` from the config, else the
+    /// registry's `_catalog`.
+    async fn chart_repos(&self) -> Result<Vec<RepoName>> {
+        if !self.config.charts.is_empty() {
+            return Ok(self.config.charts.clone());
+        }
+        #[derive(serde::Deserialize)]
+        struct Catalog {
+            repositories: Option<Vec<String>>,
+        }
+        let r = self
+            .registry
+            .request_path(
+                &format!("v2/_catalog?n={MAX_CATALOG}"),
+                "registry:catalog:*",
+                "application/json",
+            )
+            .await?;
+        if r.status != 200 {
+            return Err(Error::new(
+                Kind::NotFound,
+                format!(
+                    "upstream {} has no catalog: list its chart repositories under `charts:`",
+                    self.config.name
+                ),
+            ));
+        }
+        let c: Catalog = serde_json::from_slice(&r.bytes(4 << 20).await?)
+            .map_err(|e| Error::upstream_invalid(format!("catalog is not JSON: {e}")))?;
+        Ok(c.repositories
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .take(MAX_CATALOG)
+            .collect())
+    }
+
+    /// The chart layers of a manifest, or `None` when it is not a Helm chart.
+    pub(super) async fn chart_layers(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<ChartLayers>> {
+        let m = self.manifest(repo, reference).await?;
+        #[derive(serde::Deserialize)]
+        struct Desc {
+            #[serde(rename = "mediaType", default)]
+            media_type: String,
+            digest: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Manifest {
+            config: Option<Desc>,
+            #[serde(default)]
+            layers: Vec<Desc>,
+            #[serde(default)]
+            annotations: std::collections::BTreeMap<String, String>,
+        }
+        let Ok(parsed) = serde_json::from_slice::<Manifest>(&m.bytes) else {
+            return Ok(None);
+        };
+        let Some(config) = parsed.config.filter(|c| c.media_type == HELM_CONFIG) else {
+            return Ok(None);
+        };
+        let find = |types: &[&str]| {
+            parsed
+                .layers
+                .iter()
+                .find(|l| types.contains(&l.media_type.as_str()))
+                .and_then(|l| l.digest.parse::<Digest>().ok())
+        };
+        let Some(chart) = find(&[HELM_CHART_LAYER, LEGACY_CHART_LAYER]) else {
+            return Ok(None);
+        };
+        Ok(Some(ChartLayers {
+            config: config.digest.parse()?,
+            chart,
+            prov: find(&[HELM_PROV_LAYER]),
+            created: parsed
+                .annotations
+                .get("org.opencontainers.image.created")
+                .cloned(),
+        }))
+    }
+
+    /// A small blob of a repository, from cache or fetched, verified and cached.
+    pub(super) async fn small_blob(&self, repo: &RepoName, d: &Digest) -> Result<Bytes> {
+        if let Some(b) = self.blobs.get(d).await? {
+            return Ok(b);
+        }
+        let up = self.upstream_repo(repo);
+        let b = self
+            .registry
+            .verified_blob(&up, &d.to_string(), self.limits.max_chart_bytes)
+            .await?;
+        self.blobs.put(d, b.clone()).await?;
+        Ok(b)
+    }
+
+    /// One index entry for a tag, remembered by manifest digest.
+    async fn entry(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        tag: &str,
+        url_prefix: &str,
+    ) -> Result<Option<ChartVersion>> {
+        let t: Tag = tag.parse()?;
+        let layers = match self.chart_layers(repo, &Reference::Tag(t)).await? {
+            Some(l) => l,
+            None => return Ok(None),
+        };
+        let key = (layers.chart.clone(), url_prefix.to_string());
+        if let Some(e) = self.index_entries.get(&key).await {
+            return Ok(Some(e));
+        }
+        let config = self.small_blob(repo, &layers.config).await?;
+        let meta: ChartMetadata = serde_json::from_slice(&config).map_err(|e| {
+            Error::upstream_invalid(format!("{repo}:{tag}: chart config is not JSON: {e}"))
+        })?;
+        // The index entry has Chart.yaml's fields under the same names.
+        let mut entry: ChartVersion = serde_json::from_value(
+            serde_json::to_value(&meta)
+                .map_err(|e| Error::internal(format!("chart metadata: {e}")))?,
+        )
+        .map_err(|e| Error::internal(format!("chart metadata: {e}")))?;
+        entry.urls = vec![format!(
+            "{url_prefix}{}",
+            archive_path(&meta.name, &meta.version)
+        )];
+        entry.digest = layers.chart.hex().to_string();
+        entry.created = Some(
+            layers
+                .created
+                .unwrap_or_else(|| FALLBACK_CREATED.to_string()),
+        );
+        self.index_entries.insert(key, entry.clone()).await;
+        Ok(Some(entry))
+    }
+
+    /// The index.yaml of one chart repository (`repo` given) or of the upstream's charts.
+    pub async fn chart_index(self: &Arc<Self>, repo: Option<&RepoName>) -> Result<BuiltIndex> {
+        let cache_key = repo.map(|r| r.to_string()).unwrap_or_default();
+        if let Some(b) = self.built_indexes.get(&cache_key).await {
+            return Ok(b);
+        }
+        let repos: Vec<(RepoName, String)> = match repo {
+            Some(r) => vec![(r.clone(), String::new())],
+            None => self
+                .chart_repos()
+                .await?
+                .into_iter()
+                .map(|r| {
+                    let prefix = format!("{r}/");
+                    (r, prefix)
+                })
+                .collect(),
+        };
+        let mut jobs = Vec::new();
+        for (r, prefix) in &repos {
+            let tags = match self.tags_upstream_only(r).await {
+                Ok(t) => t,
+                Err(e) if repo.is_none() => {
+                    tracing::warn!(upstream = %self.config.name, repo = %r, error = %e, "skipping repository in the upstream index");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for t in tags.iter() {
+                let version = t.replace('_', "+");
+                let parsed = version::parse_lenient(&version);
+                if t != version::LATEST && parsed.is_some() {
+                    jobs.push((r.clone(), t.clone(), prefix.clone()));
+                }
+            }
+        }
+        let this = self.clone();
+        let results: Vec<Result<Option<ChartVersion>>> = futures::stream::iter(jobs)
+            .map(|(r, t, p)| {
+                let this = this.clone();
+                async move { this.entry(&r, &t, &p).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut index = IndexFile {
+            api_version: "v1".to_string(),
+            ..Default::default()
+        };
+        for r in results {
+            match r {
+                Ok(Some(e)) => index.entries.entry(e.name.clone()).or_default().push(e),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for versions in index.entries.values_mut() {
+            // Newest first, as Helm sorts; ties broken by the version string, so the bytes are
+            // deterministic whatever order the fetches finished in.
+            versions.sort_by(|a, b| {
+                let (pa, pb) = (
+                    version::parse_lenient(&a.version),
+                    version::parse_lenient(&b.version),
+                );
+                pb.cmp(&pa).then_with(|| b.version.cmp(&a.version))
+            });
+            versions.dedup_by(|a, b| a.version == b.version);
+        }
+        if repo.is_some() && index.entries.is_empty() {
+            return Err(Error::new(
+                Kind::NotFound,
+                format!("{} has no Helm chart tags", cache_key),
+            ));
+        }
+        let bytes = Bytes::from(
+            serde_saphyr::to_string(&index).map_err(|e| Error::internal(format!("index: {e}")))?,
+        );
+        let built = BuiltIndex {
+            etag: format!("\"{}\"", Digest::of(&bytes).hex()),
+            bytes,
+        };
+        self.built_indexes.insert(cache_key, built.clone()).await;
+        Ok(built)
+    }
+
+    /// A chart archive (or its provenance file) of an OCI chart repository, by version.
+    pub async fn chart_archive(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        version_s: &str,
+        prov: bool,
+    ) -> Result<(Bytes, Digest)> {
+        let tag: Tag = version::tag_for_version(version_s).parse()?;
+        let layers = self
+            .chart_layers(repo, &Reference::Tag(tag))
+            .await?
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::NotFound,
+                    format!("{repo}:{version_s} is not a Helm chart"),
+                )
+            })?;
+        let d = if prov {
+            layers.prov.ok_or_else(|| {
+                Error::new(
+                    Kind::NotFound,
+                    format!("{repo}:{version_s} has no provenance file"),
+                )
+            })?
+        } else {
+            layers.chart
+        };
+        let b = self.small_blob(repo, &d).await?;
+        Ok((b, d))
+    }
+}
