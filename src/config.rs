@@ -440,7 +440,20 @@ mod tests {
             .iter()
             .any(|u| u.name.as_str() == "ingress-nginx"));
         let example = include_str!("../config/chartbridge.example.yaml");
+        std::env::set_var("DH_USER", "someone");
+        std::env::set_var("DH_TOKEN", "secret");
         let c = Config::from_yaml(example, "example").unwrap();
+        let dh = c
+            .upstreams
+            .iter()
+            .find(|u| u.name.as_str() == "dockerhub")
+            .unwrap();
+        assert!(dh.is_docker_hub());
+        assert_eq!(
+            format!("{:?}", dh.credentials),
+            "Some(Credentials(someone, <redacted>))"
+        );
+        assert_eq!(c.default_upstream, None);
         assert_eq!(c.cache.max_disk_bytes, 10 << 30);
         assert_eq!(
             c.upstreams[0].url.as_str(),
@@ -473,6 +486,24 @@ mod tests {
                 "max_disk_bytes",
             ),
             ("listen: nowhere\n".into(), "listen"),
+            (
+                up("    credentials: {username: u, password: p}\n").replace("helm", "oci"),
+                "inline password",
+            ),
+            (
+                up("    credentials: {username: u, password_env: CB_UNSET_VAR_X}\n")
+                    .replace("helm", "oci"),
+                "CB_UNSET_VAR_X",
+            ),
+            (
+                up("    latest: sometimes\n").replace("helm", "oci"),
+                "latest",
+            ),
+            (up("    latest: always\n"), "kind oci only"),
+            (
+                format!("default_upstream: nope\n{}", up("")),
+                "default_upstream",
+            ),
             (
                 format!(
                     "{}  - name: a\n    kind: helm\n    url: https://y.io\n",

@@ -11,6 +11,8 @@ fn check_config_accepts_the_example_and_names_unknown_keys_with_their_line() {
     );
     let ok = Command::new(bin)
         .args(["check-config", example])
+        .env("DH_USER", "u")
+        .env("DH_TOKEN", "t")
         .output()
         .unwrap();
     assert!(

@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod containerd;
 mod helm_clients;
 mod mirror;
 mod oci_api;

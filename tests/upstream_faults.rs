@@ -137,3 +137,63 @@ fn concurrent_cold_misses_make_one_upstream_request() {
         "one index fetch upstream"
     );
 }
+
+/// A "registry" that is really a static site (nginx) serving wrong things at registry paths:
+/// HTML instead of JSON, a manifest and a blob whose bytes do not match the digest in their
+/// path. Each is a clear error, and nothing is cached.
+#[test]
+fn a_registry_answering_html_or_wrong_bytes_is_refused_and_nothing_is_cached() {
+    let site = tempfile::tempdir().unwrap();
+    let v2 = site.path().join("v2").join("junk");
+    std::fs::create_dir_all(v2.join("tags")).unwrap();
+    std::fs::create_dir_all(v2.join("manifests")).unwrap();
+    std::fs::create_dir_all(v2.join("blobs")).unwrap();
+    let html = b"<html><body>Sign in to continue</body></html>".to_vec();
+    std::fs::write(v2.join("tags").join("list"), &html).unwrap();
+    std::fs::write(v2.join("manifests").join("1.0"), &html).unwrap();
+    let claimed = chartbridge::ids::Digest::of(b"the real bytes");
+    std::fs::write(
+        v2.join("manifests").join(claimed.to_string()),
+        b"{\"schemaVersion\":2}",
+    )
+    .unwrap();
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(v2.join("blobs").join(claimed.to_string()), &big).unwrap();
+    let web = nginx(site.path());
+    let bridge = chartbridge(&oci_upstream("fake", &web.url(), ""));
+    let u = bridge.url();
+
+    let tags = get(&format!("{u}/v2/fake/junk/tags/list"));
+    assert_eq!(tags.status(), 502);
+    assert!(tags.text().unwrap().contains("not JSON"));
+    let m = get(&format!("{u}/v2/fake/junk/manifests/1.0"));
+    assert_eq!(m.status(), 502, "an HTML page is not a manifest");
+    let m = get(&format!("{u}/v2/fake/junk/manifests/{claimed}"));
+    assert_eq!(m.status(), 502);
+    assert!(
+        m.text().unwrap().contains("refused"),
+        "digest mismatch is named"
+    );
+
+    // the blob: headers may already be on the way, but the body never completes
+    for _ in 0..2 {
+        let r = client()
+            .get(format!("{u}/v2/fake/junk/blobs/{claimed}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "streamed from the upstream's 200");
+        assert_eq!(r.content_length(), Some(big.len() as u64));
+        assert!(
+            r.bytes().is_err(),
+            "the connection breaks before a wrong blob completes"
+        );
+    }
+    let cache = bridge.dir.path().join("cache").join("sha256");
+    assert!(
+        !cache.join(claimed.hex()).exists(),
+        "nothing wrong was cached"
+    );
+    let wrong = chartbridge::ids::Digest::of(&big);
+    assert!(!cache.join(wrong.hex()).exists());
+    assert_eq!(get(&format!("{u}/healthz")).status(), 200);
+}

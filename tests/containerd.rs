@@ -1,0 +1,119 @@
+//! containerd as a cluster runtime pulling through chartbridge as a registry mirror: `ctr` with
+//! `--hosts-dir` sends `?ns=<registry>` with unprefixed repository paths. The hosts.toml's
+//! fallback server is a dead port, so the pull can only succeed through chartbridge.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+struct Containerd {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn containerd() -> Containerd {
+    let bin = "/usr/bin/containerd";
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "containerd is missing: run scripts/test.sh"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("ctd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let p = dir.path().display();
+    let conf = format!(
+        "version = 2\nroot = \"{p}/root\"\nstate = \"{p}/state\"\n\
+         disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+         [grpc]\n  address = \"{p}/c.sock\"\n[ttrpc]\n  address = \"{p}/t.sock\"\n"
+    );
+    std::fs::write(dir.path().join("config.toml"), conf).unwrap();
+    let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sock = dir.path().join("c.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sock.exists(), "containerd did not start");
+    Containerd { child, dir }
+}
+
+#[test]
+fn ctr_pulls_an_image_through_chartbridge_with_ns_routing() {
+    let reg = registry();
+    let layouts = tempfile::tempdir().unwrap();
+    make_image_layout(&layouts.path().join("l"), "v1.2.0", 1 << 20, 3);
+    skopeo(&[
+        "copy",
+        "--all",
+        &format!("oci:{}:v1.2.0", layouts.path().join("l").display()),
+        &format!("docker://{}/test/hello:v1.2.0", reg.host()),
+        "--dest-tls-verify=false",
+    ])
+    .unwrap();
+    let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
+    let ctd = containerd();
+    let certs = ctd.dir.path().join("certs.d");
+    let host_dir = certs.join(reg.host());
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"http://127.0.0.1:1\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            bridge.url()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("/usr/bin/ctr")
+        .arg("--address")
+        .arg(ctd.dir.path().join("c.sock"))
+        .args([
+            "--namespace",
+            "test",
+            "image",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+        ])
+        .arg(&certs)
+        .args(["--platform", "linux/amd64"])
+        .arg(format!("{}/test/hello:v1.2.0", reg.host()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr pull failed: {}\n{}\ncontainerd log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(ctd.dir.path().join("containerd.log")).unwrap_or_default()
+    );
+    let metrics = get(&format!("{}/metrics", bridge.url())).text().unwrap();
+    let served = |route: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("chartbridge_http_requests_total")
+                && l.contains(&format!("route=\"{route}\""))
+                && l.contains("status=\"200\"")
+        })
+    };
+    assert!(
+        served("manifest") && served("blob"),
+        "pull did not go through chartbridge:\n{metrics}"
+    );
+}
