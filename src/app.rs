@@ -69,12 +69,14 @@ impl App {
     }
 
     fn upstream(&self, name: &UpstreamName) -> Result<&Source> {
-        self.upstreams.get(name).ok_or_else(|| {
+        let src = self.upstreams.get(name).ok_or_else(|| {
             Error::new(
                 Kind::NameUnknown,
                 format!("no upstream named {name:?} is configured"),
             )
-        })
+        })?;
+        crate::metrics::note_upstream(name.as_str());
+        Ok(src)
     }
 
     /// Which upstream serves a repository name, and the name below it: containerd's `ns`
@@ -104,6 +106,7 @@ impl App {
         if let Some((first, rest)) = name.as_str().split_once('/') {
             if let Ok(up) = first.parse::<UpstreamName>() {
                 if let Some(src) = self.upstreams.get(&up) {
+                    crate::metrics::note_upstream(up.as_str());
                     return Ok((src, rest.parse()?));
                 }
             }
@@ -127,10 +130,13 @@ impl App {
         };
         let parsed = route::parse(&req.method, &req.path, req.query.as_deref());
         let kind = parsed.as_ref().map(Route::kind).unwrap_or("invalid");
-        let result = match parsed {
-            Ok(r) => self.dispatch(r, req).await,
-            Err(e) => Err(e),
-        };
+        let (result, notes) = crate::metrics::with_request_context(async {
+            match parsed {
+                Ok(r) => self.dispatch(r, req).await,
+                Err(e) => Err(e),
+            }
+        })
+        .await;
         let mut error = None;
         let mut resp = match result {
             Ok(r) => r,
@@ -153,14 +159,17 @@ impl App {
             } else {
                 resp.content_length()
             };
-            crate::metrics::request(kind, &req.method, resp.status, bytes);
+            let took = start.elapsed();
+            crate::metrics::request(kind, &req.method, resp.status, bytes, took);
             tracing::info!(
                 target: "access",
                 method = %req.method,
                 path = %req.path,
                 status = resp.status,
                 bytes,
-                ms = start.elapsed().as_millis() as u64,
+                ms = took.as_millis() as u64,
+                cache = notes.cache,
+                upstream = notes.upstream,
                 error = error.as_ref().map(|e| e.message()),
             );
         }

@@ -21,6 +21,8 @@ pub struct RawConfig {
     /// Address to listen on. Default `127.0.0.1:5000`.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Optional second listener serving only `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
@@ -175,6 +177,7 @@ pub struct Limits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
     pub cache: CacheConfig,
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
@@ -334,8 +337,17 @@ impl Config {
             }
             None => None,
         };
+        let metrics_listen = match raw.metrics_listen.as_deref() {
+            Some(m) => Some(m.parse().map_err(|_| {
+                err(format!(
+                    "metrics_listen: {m:?} is not an address like 127.0.0.1:9090"
+                ))
+            })?),
+            None => None,
+        };
         Ok(Config {
             listen,
+            metrics_listen,
             cache,
             limits,
             upstreams,

@@ -1,20 +1,31 @@
 //! Every Prometheus metric chartbridge exports, declared in this one module and recorded through
 //! the small functions below (one hook per layer). Label sets are bounded: route kinds, methods,
-//! status codes, tiers, configured upstream names. Uses the official `prometheus-client` crate.
+//! status codes, tiers, outcomes and configured upstream names. Also the per-request context the
+//! access log reads (which cache tier answered), kept in a task-local so lower layers record
+//! into it without knowing about requests. Uses the official `prometheus-client` crate.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
-    method: String,
+    method: &'static str,
     status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,74 +40,216 @@ struct UpstreamLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOnly {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~105 s
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
+}
+
 struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     response_bytes: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     cache: Family<CacheLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
+    upstream_latency: Family<UpstreamOnly, Histogram, fn() -> Histogram>,
+    index_refreshes: Family<UpstreamLabels, Counter>,
+    stale: Family<KindLabels, Counter>,
     flight_joins: Counter,
     evictions: Counter,
     latest: Counter,
+    disk_bytes: Gauge,
+    disk_blobs: Gauge,
 }
 
 fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(|| {
-        let mut registry = Registry::with_prefix("chartbridge");
+        let mut r = Registry::with_prefix("chartbridge");
         let m = Metrics {
             requests: Family::default(),
             response_bytes: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
             cache: Family::default(),
             upstream: Family::default(),
+            upstream_latency: Family::new_with_constructor(latency_histogram),
+            index_refreshes: Family::default(),
+            stale: Family::default(),
             flight_joins: Counter::default(),
             evictions: Counter::default(),
             latest: Counter::default(),
+            disk_bytes: Gauge::default(),
+            disk_blobs: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("http_requests", "HTTP requests served", m.requests.clone());
-        registry.register(
+        r.register(
+            "http_requests",
+            "HTTP requests served, by route kind, method and status",
+            m.requests.clone(),
+        );
+        r.register(
             "http_response_bytes",
             "Response body bytes sent",
             m.response_bytes.clone(),
         );
-        registry.register(
+        r.register(
+            "http_request_duration_seconds",
+            "Time to answer a request (headers and body)",
+            m.latency.clone(),
+        );
+        r.register(
             "cache_lookups",
             "Cache lookups by tier and outcome",
             m.cache.clone(),
         );
-        registry.register(
+        r.register(
             "upstream_requests",
-            "Requests sent to upstreams",
+            "Requests sent to upstreams, by upstream and outcome",
             m.upstream.clone(),
         );
-        registry.register(
+        r.register(
+            "upstream_request_duration_seconds",
+            "Time for an upstream request to answer",
+            m.upstream_latency.clone(),
+        );
+        r.register(
+            "index_refreshes",
+            "Upstream index refreshes, by upstream and outcome",
+            m.index_refreshes.clone(),
+        );
+        r.register(
+            "stale_served",
+            "Answers served from a last-known copy because the upstream failed",
+            m.stale.clone(),
+        );
+        r.register(
             "singleflight_joins",
-            "Requests that joined an in-flight fetch",
+            "Requests that joined an in-flight upstream fetch",
             m.flight_joins.clone(),
         );
-        registry.register(
+        r.register(
             "cache_evictions",
             "Blobs evicted from the disk tier",
             m.evictions.clone(),
         );
-        registry.register(
+        r.register(
             "latest_synthesized",
             "Resolutions of a synthesised latest tag",
             m.latest.clone(),
         );
-        Metrics { registry, ..m }
+        r.register(
+            "disk_bytes",
+            "Bytes stored in the disk tier",
+            m.disk_bytes.clone(),
+        );
+        r.register(
+            "disk_blobs",
+            "Blobs stored in the disk tier",
+            m.disk_blobs.clone(),
+        );
+        Metrics { registry: r, ..m }
     })
 }
 
-pub fn request(route: &'static str, method: &str, status: u16, bytes: u64) {
+/// Bounded method label: anything unusual is "other".
+fn method_label(m: &str) -> &'static str {
+    match m {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        _ => "other",
+    }
+}
+
+pub fn request(route: &'static str, method: &str, status: u16, bytes: u64, took: Duration) {
     let l = RequestLabels {
         route,
-        method: method.to_string(),
+        method: method_label(method),
         status,
     };
-    metrics().requests.get_or_create(&l).inc();
-    metrics().response_bytes.get_or_create(&l).inc_by(bytes);
+    let m = metrics();
+    m.requests.get_or_create(&l).inc();
+    m.response_bytes.get_or_create(&l).inc_by(bytes);
+    m.latency
+        .get_or_create(&RouteLabels { route })
+        .observe(took.as_secs_f64());
+}
+
+/// What the access log says about one request beyond method, path and status.
+#[derive(Default)]
+struct RequestContext {
+    cache: Cell<&'static str>,
+    upstream: Cell<Option<&'static str>>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestContext;
+}
+
+/// What a request's handling recorded: the cache outcome and the upstream it went to.
+pub struct RequestNotes {
+    pub cache: &'static str,
+    pub upstream: &'static str,
+}
+
+/// Runs `f` with a fresh per-request context; returns its output and what was recorded.
+pub async fn with_request_context<F: std::future::Future>(f: F) -> (F::Output, RequestNotes) {
+    REQUEST
+        .scope(RequestContext::default(), async {
+            let out = f.await;
+            let notes = REQUEST.with(|c| RequestNotes {
+                cache: if c.cache.get().is_empty() {
+                    "-"
+                } else {
+                    c.cache.get()
+                },
+                upstream: c.upstream.get().unwrap_or("-"),
+            });
+            (out, notes)
+        })
+        .await
+}
+
+/// Records which upstream serves the current request. Upstream names are configured once and
+/// live for the process, so they are leaked to `'static` once each.
+pub fn note_upstream(name: &str) {
+    static NAMES: OnceLock<std::sync::Mutex<Vec<&'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    let name: &'static str = {
+        let mut v = names.lock().expect("names poisoned");
+        match v.iter().find(|n| **n == name) {
+            Some(n) => n,
+            None => {
+                let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+                v.push(leaked);
+                leaked
+            }
+        }
+    };
+    let _ = REQUEST.try_with(|c| c.upstream.set(Some(name)));
+}
+
+fn note_outcome(outcome: &'static str) {
+    let _ = REQUEST.try_with(|c| {
+        // The first hit wins; a miss is only recorded when nothing answered yet.
+        let cur = c.cache.get();
+        if cur.is_empty() || cur == "miss" {
+            c.cache.set(outcome);
+        }
+    });
 }
 
 pub fn cache_lookup(tier: &'static str, hit: bool) {
@@ -105,6 +258,7 @@ pub fn cache_lookup(tier: &'static str, hit: bool) {
         .cache
         .get_or_create(&CacheLabels { tier, outcome })
         .inc();
+    note_outcome(if hit { tier } else { "miss" });
 }
 
 pub fn upstream_request(upstream: &str, outcome: &'static str) {
@@ -117,6 +271,31 @@ pub fn upstream_request(upstream: &str, outcome: &'static str) {
         .inc();
 }
 
+pub fn upstream_latency(upstream: &str, took: Duration) {
+    metrics()
+        .upstream_latency
+        .get_or_create(&UpstreamOnly {
+            upstream: upstream.to_string(),
+        })
+        .observe(took.as_secs_f64());
+}
+
+pub fn index_refresh(upstream: &str, outcome: &'static str) {
+    metrics()
+        .index_refreshes
+        .get_or_create(&UpstreamLabels {
+            upstream: upstream.to_string(),
+            outcome,
+        })
+        .inc();
+}
+
+/// An answer served from a last-known copy (`index`, `tags`, `tag`).
+pub fn stale_served(kind: &'static str) {
+    metrics().stale.get_or_create(&KindLabels { kind }).inc();
+    note_outcome("stale");
+}
+
 pub fn flight_join() {
     metrics().flight_joins.inc();
 }
@@ -127,6 +306,11 @@ pub fn evicted() {
 
 pub fn latest_synthesized() {
     metrics().latest.inc();
+}
+
+pub fn disk_usage(bytes: u64, blobs: usize) {
+    metrics().disk_bytes.set(bytes as i64);
+    metrics().disk_blobs.set(blobs as i64);
 }
 
 /// The text exposition of every metric.

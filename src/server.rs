@@ -22,6 +22,8 @@ const GRACE_SECONDS: u64 = 10;
 
 struct Http {
     app: Arc<App>,
+    /// The optional metrics listener answers only these paths.
+    only: Option<&'static [&'static str]>,
 }
 
 fn header(session: &ServerSession, name: &str) -> Option<String> {
@@ -57,7 +59,12 @@ impl HttpServerApp for Http {
                 if_none_match: header(&session, "if-none-match"),
             }
         };
-        let resp = self.app.handle(&req).await;
+        let resp = match self.only {
+            Some(paths) if !paths.contains(&req.path.as_str()) => {
+                Response::new(404).with_body("text/plain", Bytes::from_static(b"not here\n"), false)
+            }
+            _ => self.app.handle(&req).await,
+        };
         if let Err(e) = write(&mut session, resp).await {
             tracing::debug!(error = %e, "could not write response");
             return None;
@@ -144,9 +151,29 @@ pub fn run(app: App) -> ! {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = Service::new("chartbridge".to_string(), Http { app: Arc::new(app) });
+    let metrics_listen = app.config().metrics_listen;
+    let app = Arc::new(app);
+    let mut service = Service::new(
+        "chartbridge".to_string(),
+        Http {
+            app: app.clone(),
+            only: None,
+        },
+    );
     service.add_tcp(&listen);
     server.add_service(service);
+    if let Some(addr) = metrics_listen {
+        let mut m = Service::new(
+            "chartbridge-metrics".to_string(),
+            Http {
+                app,
+                only: Some(&["/metrics", "/healthz", "/readyz"]),
+            },
+        );
+        m.add_tcp(&addr.to_string());
+        server.add_service(m);
+        tracing::info!(%addr, "metrics listening");
+    }
     tracing::info!(%listen, "chartbridge listening");
     server.run_forever()
 }

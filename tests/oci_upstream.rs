@@ -40,43 +40,47 @@ fn push_images(reg: &Proc) -> tempfile::TempDir {
     layouts
 }
 
+/// Each helm version pushes to the registry; every version pulls each push through chartbridge.
 #[test]
 fn helm_charts_in_a_registry_pull_through_byte_identical() {
     let repo = ChartRepo::new(&[("demo", "0.1.0")]);
     let reg = registry();
-    Helm::new("v4.1.4").run(&[
-        "push",
-        repo.path("demo-0.1.0.tgz").to_str().unwrap(),
-        &format!("oci://{}/charts", reg.host()),
-        "--plain-http",
-    ]);
     let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
-    let (ud, ub) = manifest_raw(&format!("{}/v2/charts/demo/manifests/0.1.0", reg.url()));
-    let (bd, bb) = manifest_raw(&format!(
-        "{}/v2/reg/charts/demo/manifests/0.1.0",
-        bridge.url()
-    ));
-    assert_eq!(
-        (bd, bb),
-        (ud, ub),
-        "manifest bytes and digest pass through unchanged"
-    );
-    for v in HELM_VERSIONS {
-        let out = tempfile::tempdir().unwrap();
-        Helm::new(v).run(&[
-            "pull",
-            &format!("oci://{}/reg/charts/demo", bridge.host()),
-            "--version",
-            "0.1.0",
+    for pusher in HELM_VERSIONS {
+        let ns = format!("charts-{}", pusher.replace('.', "-").to_lowercase());
+        Helm::new(pusher).run(&[
+            "push",
+            repo.path("demo-0.1.0.tgz").to_str().unwrap(),
+            &format!("oci://{}/{ns}", reg.host()),
             "--plain-http",
-            "-d",
-            out.path().to_str().unwrap(),
         ]);
+        let (ud, ub) = manifest_raw(&format!("{}/v2/{ns}/demo/manifests/0.1.0", reg.url()));
+        let (bd, bb) = manifest_raw(&format!(
+            "{}/v2/reg/{ns}/demo/manifests/0.1.0",
+            bridge.url()
+        ));
         assert_eq!(
-            std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
-            repo.bytes("demo-0.1.0.tgz"),
-            "helm {v}"
+            (bd, bb),
+            (ud, ub),
+            "pushed by {pusher}: manifest passes through unchanged"
         );
+        for v in HELM_VERSIONS {
+            let out = tempfile::tempdir().unwrap();
+            Helm::new(v).run(&[
+                "pull",
+                &format!("oci://{}/reg/{ns}/demo", bridge.host()),
+                "--version",
+                "0.1.0",
+                "--plain-http",
+                "-d",
+                out.path().to_str().unwrap(),
+            ]);
+            assert_eq!(
+                std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+                repo.bytes("demo-0.1.0.tgz"),
+                "pushed by {pusher}, pulled by {v}"
+            );
+        }
     }
 }
 

@@ -10,5 +10,6 @@ mod helm_clients;
 mod mirror;
 mod oci_api;
 mod oci_upstream;
+mod operate;
 mod registry_auth;
 mod upstream_faults;

@@ -45,6 +45,7 @@ impl DiskStore {
         let state = tokio::task::spawn_blocking(move || scan(&scan_root))
             .await
             .map_err(|e| Error::internal(format!("cache scan failed: {e}")))??;
+        crate::metrics::disk_usage(state.used, state.entries.len());
         Ok(DiskStore {
             root,
             max_bytes,
@@ -109,6 +110,7 @@ async fn admit(root: &Path, state: &Mutex<State>, max_bytes: u64, d: &Digest, si
                 victims.push(k);
             }
         }
+        crate::metrics::disk_usage(st.used, st.entries.len());
         victims
     };
     for victim in victims {

@@ -121,6 +121,7 @@ impl HelmUpstream {
                 *self.last_failure.lock().expect("poisoned") = Some(Instant::now());
                 match self.current() {
                     Some(stale) => {
+                        crate::metrics::stale_served("index");
                         tracing::warn!(upstream = %self.config.name, error = %e, "index refresh failed; serving the last good index");
                         Ok(stale)
                     }
@@ -149,19 +150,20 @@ impl HelmUpstream {
             .map(|s| s.validators.clone())
             .unwrap_or_default();
         let url = self.index_url()?;
+        let name = self.config.name.as_str();
         let fetched = self
             .client
             .get(
+                name,
                 &url,
                 "application/x-yaml, application/yaml, application/json, */*",
                 &validators,
                 self.limits.max_index_bytes,
             )
             .await;
-        let name = self.config.name.as_str();
         let state = match fetched {
             Ok(Fetch::NotModified) if previous.is_some() => {
-                crate::metrics::upstream_request(name, "not_modified");
+                crate::metrics::index_refresh(name, "not_modified");
                 let p = previous.expect("checked");
                 Arc::new(IndexState {
                     index: p.index.clone(),
@@ -173,9 +175,10 @@ impl HelmUpstream {
                 })
             }
             Ok(Fetch::Body { bytes, validators }) => {
-                crate::metrics::upstream_request(name, "ok");
-                let state =
-                    Self::build_state(bytes.clone(), validators.clone(), self.limits).await?;
+                let state = Self::build_state(bytes.clone(), validators.clone(), self.limits)
+                    .await
+                    .inspect_err(|_| crate::metrics::index_refresh(name, "invalid"))?;
+                crate::metrics::index_refresh(name, "updated");
                 self.persist(&bytes, &validators).await;
                 state
             }
@@ -186,14 +189,14 @@ impl HelmUpstream {
                 )))
             }
             Ok(Fetch::Missing) => {
-                crate::metrics::upstream_request(name, "missing");
+                crate::metrics::index_refresh(name, "missing");
                 return Err(Error::upstream_invalid(format!(
                     "{} not found upstream",
                     redact(&url)
                 )));
             }
             Err(e) => {
-                crate::metrics::upstream_request(name, "error");
+                crate::metrics::index_refresh(name, "error");
                 return Err(e);
             }
         };
@@ -385,20 +388,18 @@ impl HelmUpstream {
 
     async fn fetch_chart(&self, url: &str, entry: &ChartVersion) -> Result<Bytes> {
         let max = self.limits.max_chart_bytes;
-        let name = self.config.name.as_str();
-        let result = if url.starts_with("oci://") {
+        if url.starts_with("oci://") {
             self.pull_oci(url, &entry.version, max)
                 .await
                 .map(|c| c.chart)
         } else {
             let u =
                 Url::parse(url).map_err(|e| Error::upstream_invalid(format!("bad URL: {e}")))?;
+            let name = self.config.name.as_str();
             self.client
-                .get_body(&u, "application/gzip, application/octet-stream", max)
+                .get_body(name, &u, "application/gzip, application/octet-stream", max)
                 .await
-        };
-        crate::metrics::upstream_request(name, if result.is_ok() { "ok" } else { "error" });
-        result
+        }
     }
 
     /// A chart behind an `oci://` index URL (Bitnami's form), pulled anonymously.
@@ -443,6 +444,7 @@ impl HelmUpstream {
             match self
                 .client
                 .get(
+                    self.config.name.as_str(),
                     &u,
                     "*/*",
                     &Validators::default(),

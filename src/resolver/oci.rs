@@ -68,7 +68,12 @@ impl OciUpstream {
         refs: Arc<RefStore>,
         limits: Limits,
     ) -> OciUpstream {
-        let registry = Arc::new(Registry::new(http, &config.url, config.credentials.clone()));
+        let registry = Arc::new(Registry::new(
+            http,
+            &config.url,
+            config.credentials.clone(),
+            config.name.as_str(),
+        ));
         let ttl = config.tag_ttl;
         OciUpstream {
             registry,
@@ -135,6 +140,7 @@ impl OciUpstream {
                 let stale = self.refs.get_text(&self.ref_name("tags", &[repo])).await;
                 match stale.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()) {
                     Some(tags) => {
+                        crate::metrics::stale_served("tags");
                         tracing::warn!(upstream = %self.config.name, repo, error = %e, "tag list refresh failed; serving the last good list");
                         Ok(Arc::new(tags))
                     }
@@ -271,6 +277,7 @@ impl OciUpstream {
             Err(e) if e.kind() != Kind::ManifestUnknown && e.kind() != Kind::NameUnknown => {
                 match self.refs.get(&ref_name).await {
                     Some(d) => {
+                        crate::metrics::stale_served("tag");
                         tracing::warn!(upstream = %self.config.name, repo, tag, error = %e, "tag check failed; serving the last known digest");
                         Ok(d)
                     }
@@ -291,7 +298,6 @@ impl OciUpstream {
                 MANIFEST_ACCEPT,
             )
             .await?;
-        crate::metrics::upstream_request(self.config.name.as_str(), "ok");
         match r.status {
             200 => {}
             404 => {
@@ -394,7 +400,6 @@ impl OciUpstream {
                         MANIFEST_ACCEPT,
                     )
                     .await?;
-                crate::metrics::upstream_request(this.config.name.as_str(), "ok");
                 match resp.status {
                     200 => {}
                     404 => {
@@ -489,7 +494,6 @@ impl OciUpstream {
                 .registry
                 .request(reqwest::Method::GET, repo, &format!("blobs/{d}"), "*/*")
                 .await?;
-            crate::metrics::upstream_request(self.config.name.as_str(), "ok");
             match r.status {
                 200 => {}
                 404 => {

@@ -48,7 +48,29 @@ impl UpstreamClient {
     }
 
     /// GETs `url`, reading at most `max_bytes` of body.
+    /// `label` names the upstream in metrics.
     pub async fn get(
+        &self,
+        label: &str,
+        url: &Url,
+        accept: &str,
+        validators: &Validators,
+        max_bytes: u64,
+    ) -> Result<Fetch> {
+        let start = std::time::Instant::now();
+        let result = self.get_inner(url, accept, validators, max_bytes).await;
+        crate::metrics::upstream_latency(label, start.elapsed());
+        let outcome = match &result {
+            Ok(Fetch::Body { .. }) => "ok",
+            Ok(Fetch::NotModified) => "not_modified",
+            Ok(Fetch::Missing) => "missing",
+            Err(_) => "error",
+        };
+        crate::metrics::upstream_request(label, outcome);
+        result
+    }
+
+    async fn get_inner(
         &self,
         url: &Url,
         accept: &str,
@@ -85,9 +107,15 @@ impl UpstreamClient {
     }
 
     /// GETs `url` and requires a body: `Missing` becomes an upstream error.
-    pub async fn get_body(&self, url: &Url, accept: &str, max_bytes: u64) -> Result<Bytes> {
+    pub async fn get_body(
+        &self,
+        label: &str,
+        url: &Url,
+        accept: &str,
+        max_bytes: u64,
+    ) -> Result<Bytes> {
         match self
-            .get(url, accept, &Validators::default(), max_bytes)
+            .get(label, url, accept, &Validators::default(), max_bytes)
             .await?
         {
             Fetch::Body { bytes, .. } => Ok(bytes),

@@ -34,6 +34,7 @@ pub struct Registry {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     /// Set once the registry asked for Basic: send it up front from then on.
     basic: AtomicBool,
+    label: String,
 }
 
 /// A registry answer that is not an auth challenge, 429 or 5xx.
@@ -71,13 +72,20 @@ pub struct OciChart {
 }
 
 impl Registry {
-    pub fn new(http: reqwest::Client, base: &Url, credentials: Option<Credentials>) -> Registry {
+    /// `label` names the upstream in metrics.
+    pub fn new(
+        http: reqwest::Client,
+        base: &Url,
+        credentials: Option<Credentials>,
+        label: &str,
+    ) -> Registry {
         let mut base = base.clone();
         base.set_path("/");
         base.set_query(None);
         Registry {
             http,
             base,
+            label: label.to_string(),
             credentials,
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
@@ -92,7 +100,7 @@ impl Registry {
         let scheme = if loopback { "http" } else { "https" };
         let base = Url::parse(&format!("{scheme}://{host}/"))
             .map_err(|e| Error::upstream_invalid(format!("bad registry host {host:?}: {e}")))?;
-        Ok(Registry::new(http, &base, None))
+        Ok(Registry::new(http, &base, None, host))
     }
 
     pub fn url(&self, repo: &str, tail: &str) -> Result<Url> {
@@ -150,8 +158,26 @@ impl Registry {
             {
                 req = req.basic_auth(&c.username, Some(&c.password));
             }
-            let resp = req.send().await.map_err(|e| unreachable_err(&url, e))?;
+            let start = std::time::Instant::now();
+            let sent = req.send().await;
+            crate::metrics::upstream_latency(&self.label, start.elapsed());
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    crate::metrics::upstream_request(&self.label, "error");
+                    return Err(unreachable_err(&url, e));
+                }
+            };
             let status = resp.status().as_u16();
+            let outcome = match status {
+                200..=299 => "ok",
+                401 | 403 => "denied",
+                404 => "missing",
+                429 => "rate_limited",
+                500.. => "error",
+                _ => "other",
+            };
+            crate::metrics::upstream_request(&self.label, outcome);
             match status {
                 401 if !challenged => {
                     challenged = true;

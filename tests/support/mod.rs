@@ -142,6 +142,17 @@ pub fn chartbridge(upstreams_yaml: &str) -> Proc {
 
 /// As `chartbridge`, with extra top-level YAML and optionally a given cache dir.
 pub fn chartbridge_with(upstreams_yaml: &str, extra: &str, cache_dir: Option<&Path>) -> Proc {
+    chartbridge_full(upstreams_yaml, extra, cache_dir, &[], "warn")
+}
+
+/// The most general start: extra command-line arguments and a `RUST_LOG` filter.
+pub fn chartbridge_full(
+    upstreams_yaml: &str,
+    extra: &str,
+    cache_dir: Option<&Path>,
+    args: &[&str],
+    log_filter: &str,
+) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cache = cache_dir
@@ -154,10 +165,11 @@ pub fn chartbridge_with(upstreams_yaml: &str, extra: &str, cache_dir: Option<&Pa
     std::fs::write(dir.path().join("config.yaml"), conf).unwrap();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_chartbridge"))
+        .args(args)
         .arg("serve")
         .arg("--config")
         .arg(dir.path().join("config.yaml"))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_filter)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -450,4 +462,14 @@ pub fn token_requests(realm: &Proc) -> usize {
         .lines()
         .filter(|l| l.starts_with("/token"))
         .count()
+}
+
+/// The sum of a Prometheus metric's samples whose line contains every one of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }
