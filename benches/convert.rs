@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the pure conversions on the request path: index parse and rewrite (on a
-//! generated Bitnami-shaped index), manifest synthesis, route parsing and tag resolution.
+//! Micro-benchmarks of the pure conversions on the request path: index parse and rewrite (on the
+//! Bitnami-shaped 15,000-version index `scripts/gen-index.py` writes), manifest synthesis, route
+//! parsing and tag resolution.
 //! Run with `cargo bench --bench convert`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -10,40 +11,32 @@ use chartbridge::convert::manifest::{synthesize, BlobRef};
 use chartbridge::convert::version::{resolve_tag, tag_list};
 use chartbridge::ids::Digest;
 
-/// An index shaped like Bitnami's: `charts` charts with `versions` versions each.
-fn generated_index(charts: usize, versions: usize) -> String {
-    let mut y = String::from("apiVersion: v1\nentries:\n");
-    for c in 0..charts {
-        y.push_str(&format!("  chart{c}:\n"));
-        for v in 0..versions {
-            let ver = format!("{}.{}.{}", v / 100, (v / 10) % 10, v % 10);
-            y.push_str(&format!(
-                "  - annotations:\n      category: Database\n      licenses: Apache-2.0\n    \
-                 apiVersion: v2\n    appVersion: 1.2.{v}\n    created: \"2024-07-22T11:25:35.424530498Z\"\n    \
-                 dependencies:\n    - name: common\n      repository: oci://registry-1.docker.io/bitnamicharts\n      \
-                 tags:\n      - bitnami-common\n      version: 2.x.x\n    \
-                 description: Chart number {c} of a generated index, version {ver}.\n    \
-                 digest: {}\n    home: https://bitnami.com\n    icon: https://bitnami.com/assets/stacks/x/img/x-stack-220x234.png\n    \
-                 keywords:\n    - database\n    - sql\n    maintainers:\n    - name: Broadcom, Inc. All Rights Reserved.\n      url: https://github.com/bitnami/charts\n    \
-                 name: chart{c}\n    sources:\n    - https://github.com/bitnami/charts/tree/main/bitnami/chart{c}\n    \
-                 urls:\n    - https://charts.bitnami.com/bitnami/chart{c}-{ver}.tgz\n    version: {ver}\n",
-                Digest::of(format!("{c}-{v}").as_bytes()).hex()
-            ));
-        }
+/// The Bitnami-shaped 15,000-version index from `scripts/gen-index.py` (generated once into
+/// `target/`).
+fn bitnami_shaped_index() -> Vec<u8> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let path = format!("{root}/target/bench-index-15k.yaml");
+    if !std::path::Path::new(&path).exists() {
+        let ok = std::process::Command::new("python3")
+            .args([&format!("{root}/scripts/gen-index.py"), "150", "100", &path])
+            .status()
+            .expect("python3 runs scripts/gen-index.py")
+            .success();
+        assert!(ok, "scripts/gen-index.py failed");
     }
-    y.push_str("generated: \"2024-07-22T11:25:35.405163826Z\"\n");
-    y
+    std::fs::read(&path).unwrap()
 }
 
 fn benches(c: &mut Criterion) {
-    let small = generated_index(20, 50); // 1,000 versions
-    let idx = parse_index(small.as_bytes(), IndexLimits::default()).unwrap();
-    c.bench_function("index_parse_1k_versions", |b| {
-        b.iter(|| parse_index(black_box(small.as_bytes()), IndexLimits::default()).unwrap())
+    let big = bitnami_shaped_index();
+    let idx = parse_index(&big, IndexLimits::default()).unwrap();
+    let mut slow = c.benchmark_group("index_15k_versions");
+    slow.sample_size(10);
+    slow.bench_function("parse", |b| {
+        b.iter(|| parse_index(black_box(&big), IndexLimits::default()).unwrap())
     });
-    c.bench_function("index_rewrite_1k_versions", |b| {
-        b.iter(|| rewrite_index(black_box(&idx)))
-    });
+    slow.bench_function("rewrite", |b| b.iter(|| rewrite_index(black_box(&idx))));
+    slow.finish();
 
     let meta = ChartMetadata {
         name: "demo".into(),
@@ -71,7 +64,7 @@ fn benches(c: &mut Criterion) {
     });
 
     let versions: Vec<String> = idx
-        .versions("chart0")
+        .versions("chart000")
         .unwrap()
         .iter()
         .map(|v| v.version.clone())

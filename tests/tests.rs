@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod containerd;
+mod deploy;
 mod helm_clients;
 mod mirror;
 mod oci_api;

@@ -1,0 +1,110 @@
+//! deploy/: the Helm chart for chartbridge passes the real `helm lint` and `helm template`, its
+//! rendered configuration passes `chartbridge check-config`, and chartbridge serves its own
+//! chart: packaged, put in an HTTP repository (nginx), pulled through chartbridge over OCI.
+
+use std::process::Command;
+
+use crate::support::*;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/chart/chartbridge");
+
+#[test]
+fn the_chart_lints_renders_and_its_config_is_valid() {
+    for v in ["v3.18.0", "v4.1.4"] {
+        let helm = Helm::new(v);
+        helm.run(&["lint", "--strict", CHART]);
+        let full = [
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "pdb.enabled=true",
+            "--set",
+            "metrics.enabled=true",
+        ];
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend(full);
+        helm.run(&args);
+        let mut args = vec!["template", "cb", CHART];
+        args.extend(full);
+        let out = helm.run(&args);
+        for kind in [
+            "StatefulSet",
+            "Service",
+            "ConfigMap",
+            "ServiceMonitor",
+            "PodDisruptionBudget",
+        ] {
+            assert!(
+                out.contains(&format!("kind: {kind}")),
+                "helm {v}: no {kind}"
+            );
+        }
+        assert!(out.contains("readOnlyRootFilesystem: true") && out.contains("runAsNonRoot: true"));
+        assert!(out.contains("/healthz") && out.contains("/readyz"));
+        assert!(out.contains("volumeClaimTemplates"));
+    }
+    // the ConfigMap's chartbridge.yaml is a configuration chartbridge accepts
+    let cm = Helm::new("v4.1.4").run(&[
+        "template",
+        "cb",
+        CHART,
+        "--show-only",
+        "templates/configmap.yaml",
+    ]);
+    let doc: serde_json::Value = serde_json::to_value(
+        serde_saphyr::from_str::<serde_json::Value>(&cm).expect("rendered ConfigMap is YAML"),
+    )
+    .unwrap();
+    let config = doc["data"]["chartbridge.yaml"]
+        .as_str()
+        .expect("chartbridge.yaml key");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chartbridge.yaml");
+    std::fs::write(&path, config).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_chartbridge"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}\n{config}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn chartbridge_serves_its_own_chart_over_oci() {
+    let site = tempfile::tempdir().unwrap();
+    let helm = Helm::new("v4.1.4");
+    helm.run(&["package", CHART, "-d", site.path().to_str().unwrap()]);
+    helm.run(&["repo", "index", site.path().to_str().unwrap()]);
+    let web = nginx(site.path());
+    let bridge = chartbridge(&helm_upstream("self", &web.url()));
+    let out = tempfile::tempdir().unwrap();
+    for v in HELM_VERSIONS {
+        Helm::new(v).run(&[
+            "pull",
+            &format!("oci://{}/self/chartbridge", bridge.host()),
+            "--version",
+            "0.1.0",
+            "--plain-http",
+            "-d",
+            out.path().to_str().unwrap(),
+        ]);
+        assert_eq!(
+            std::fs::read(out.path().join("chartbridge-0.1.0.tgz")).unwrap(),
+            std::fs::read(site.path().join("chartbridge-0.1.0.tgz")).unwrap(),
+            "helm {v}"
+        );
+        std::fs::remove_file(out.path().join("chartbridge-0.1.0.tgz")).unwrap();
+    }
+    let rendered = helm.run(&[
+        "template",
+        "cb",
+        &format!("oci://{}/self/chartbridge", bridge.host()),
+        "--version",
+        "0.1.0",
+        "--plain-http",
+    ]);
+    assert!(rendered.contains("kind: StatefulSet"));
+}
