@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_READ_BUFFER_SIZE};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -130,6 +131,9 @@ async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<(
     session.finish_body().await
 }
 
+/// Per-connection write buffer: header plus body up to this size go out in one send.
+const WRITE_BUFFER: usize = 64 << 10;
+
 /// Reading from a file, a blob this big at a time.
 const CHUNK: usize = 256 << 10;
 
@@ -160,7 +164,14 @@ pub fn run(app: App) -> ! {
             only: None,
         },
     );
-    service.add_tcp(&listen);
+    // A write buffer big enough for the header and a small blob or manifest lets them leave in
+    // one send; pingora's default (one MSS) sends the header on its own.
+    service.add_listener(
+        ListenerConfig::tcp(listen.as_str()).l4_buffer(L4BufferSettings::new(
+            DEFAULT_L4_READ_BUFFER_SIZE,
+            WRITE_BUFFER,
+        )),
+    );
     server.add_service(service);
     if let Some(addr) = metrics_listen {
         let mut m = Service::new(

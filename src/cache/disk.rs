@@ -130,6 +130,7 @@ pub struct DiskWriter {
     file: Option<tokio::fs::File>,
     hasher: Sha256,
     size: u64,
+    verified: bool,
 }
 
 impl Drop for DiskWriter {
@@ -144,6 +145,9 @@ impl Drop for DiskWriter {
 impl BlobWrite for DiskWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
         use tokio::io::AsyncWriteExt;
+        if self.verified {
+            return Err(Error::internal("write after verify"));
+        }
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
         let f = self
@@ -154,11 +158,19 @@ impl BlobWrite for DiskWriter {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
-        if actual != self.digest {
-            return Err(digest_mismatch(&self.digest, &actual));
+    fn verify(&mut self) -> Result<()> {
+        if !self.verified {
+            let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+            if actual != self.digest {
+                return Err(digest_mismatch(&self.digest, &actual));
+            }
+            self.verified = true;
         }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.verify()?;
         let f = self
             .file
             .take()
@@ -345,6 +357,7 @@ impl BlobStore for DiskStore {
             file: Some(tokio::fs::File::from_std(file)),
             hasher: Sha256::new(),
             size: 0,
+            verified: false,
         }))
     }
 }

@@ -86,11 +86,16 @@ impl BlobWrite for MemoryWriter {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    fn verify(&mut self) -> Result<()> {
         let actual = Digest::of(&self.buf);
         if actual != self.digest {
             return Err(digest_mismatch(&self.digest, &actual));
         }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.verify()?;
         if (self.buf.len() as u64) <= self.max_item {
             self.cache.insert(self.digest, Bytes::from(self.buf)).await;
         }

@@ -45,6 +45,10 @@ pub trait BlobStore: Send + Sync {
 #[async_trait]
 pub trait BlobWrite: Send {
     async fn write(&mut self, chunk: &[u8]) -> Result<()>;
+    /// Checks the digest of everything written; after it only `commit` may follow. Lets a
+    /// caller release verified bytes to a client before the (slower) durable commit.
+    fn verify(&mut self) -> Result<()>;
+    /// Makes the blob durable and visible (verifying first if `verify` was not called).
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 

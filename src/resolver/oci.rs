@@ -267,7 +267,13 @@ impl OciUpstream {
         let result = self
             .resolve_flight
             .run(key.clone(), async move {
-                let d = this.head_tag(&r, &t).await?;
+                // A tag seen before is re-checked with a HEAD (free on Docker Hub); a new one
+                // needs its manifest anyway, so one GET resolves and fetches it.
+                let d = if this.refs.get(&rn).await.is_some() {
+                    this.head_tag(&r, &t).await?
+                } else {
+                    this.get_tag(&r, &t).await?
+                };
                 this.resolutions.insert((r, t), d.clone()).await;
                 this.refs.put(&rn, &d).await?;
                 Ok(d)
@@ -320,6 +326,12 @@ impl OciUpstream {
             return Ok(d);
         }
         // No digest header: fetch by tag and name it by its bytes.
+        self.get_tag(repo, tag).await
+    }
+
+    /// GETs a manifest by tag, stores it by the digest of its bytes (checked against the
+    /// registry's `Docker-Content-Digest` when it sends one) and returns that digest.
+    async fn get_tag(self: &Arc<Self>, repo: &str, tag: &str) -> Result<Digest> {
         let r = self
             .registry
             .request(
@@ -329,9 +341,34 @@ impl OciUpstream {
                 MANIFEST_ACCEPT,
             )
             .await?;
+        match r.status {
+            200 => {}
+            404 => {
+                return Err(Error::new(
+                    Kind::ManifestUnknown,
+                    format!("{repo}:{tag} unknown upstream"),
+                ))
+            }
+            s => {
+                return Err(Error::upstream_invalid(format!(
+                    "{} answered HTTP {s}",
+                    redact(r.url())
+                )))
+            }
+        }
         let media_type = r.header("content-type").map(str::to_string);
+        let claimed: Option<Digest> = r
+            .header("docker-content-digest")
+            .and_then(|h| h.parse().ok());
         let bytes = r.bytes(MAX_MANIFEST).await?;
         let d = Digest::of(&bytes);
+        if let Some(c) = claimed {
+            if c != d {
+                return Err(Error::upstream_invalid(format!(
+                    "manifest {repo}:{tag} hashes to {d}, the registry says {c}: refused"
+                )));
+            }
+        }
         self.store_manifest(&d, bytes, media_type).await?;
         Ok(d)
     }
@@ -575,13 +612,15 @@ impl OciUpstream {
                 &tx,
             );
         }
-        if let Err(e) = writer.commit().await {
+        // Verified bytes may go to the client before the durable commit (fsync, rename).
+        if let Err(e) = writer.verify() {
             return fail(e, &tx);
         }
         if let (true, Some(last)) = (client, held) {
             let _ = tx.send(Ok(last)).await;
         }
-        Ok(())
+        drop(tx);
+        writer.commit().await
     }
 
     /// `GET /v2/<name>/referrers/<digest>`: passed through (not cached: it changes as artifacts
