@@ -119,6 +119,9 @@ async fn admit(root: &Path, state: &Mutex<State>, max_bytes: u64, d: &Digest, si
     }
 }
 
+/// Bytes gathered before one write to the temp file.
+const WRITE_BATCH: usize = 1 << 20;
+
 /// A blob being written: bytes go to a temp file and through a hasher; `commit` checks the
 /// digest, fsyncs and renames into place. Dropped without commit, the temp file is removed.
 pub struct DiskWriter {
@@ -127,7 +130,8 @@ pub struct DiskWriter {
     state: Arc<Mutex<State>>,
     digest: Digest,
     tmp: PathBuf,
-    file: Option<tokio::fs::File>,
+    /// Buffered: each tokio file write is a hop to the blocking pool, so batch them.
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     hasher: Sha256,
     size: u64,
     verified: bool,
@@ -175,7 +179,12 @@ impl BlobWrite for DiskWriter {
             .file
             .take()
             .ok_or_else(|| Error::internal("double commit"))?;
-        let std_file = f.into_std().await;
+        let mut f = f;
+        {
+            use tokio::io::AsyncWriteExt;
+            f.flush().await?;
+        }
+        let std_file = f.into_inner().into_std().await;
         let (tmp, dest) = (
             self.tmp.clone(),
             self.root.join("sha256").join(self.digest.hex()),
@@ -354,7 +363,10 @@ impl BlobStore for DiskStore {
             state: self.state.clone(),
             digest: d.clone(),
             tmp,
-            file: Some(tokio::fs::File::from_std(file)),
+            file: Some(tokio::io::BufWriter::with_capacity(
+                WRITE_BATCH,
+                tokio::fs::File::from_std(file),
+            )),
             hasher: Sha256::new(),
             size: 0,
             verified: false,
