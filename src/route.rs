@@ -366,3 +366,31 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any method, path and query parse to a route or an error, never a panic, and a
+        /// parsed route never carries a traversal segment.
+        #[test]
+        fn parsing_never_panics(
+            method in "(GET|HEAD|POST|PUT|DELETE|[A-Z]{1,8})",
+            path in "(/v2)?(/[a-zA-Z0-9._%:+~-]{0,12}){0,8}/?",
+            query in proptest::option::of("[a-z]{1,5}=[a-zA-Z0-9%:._-]{0,10}(&[a-z]{1,5}=[a-z0-9]{0,5}){0,3}"),
+        ) {
+            if let Ok(Route::MirrorArchive { chart, version, .. }) = parse(&method, &path, query.as_deref()) {
+                prop_assert!(chart != ".." && version != ".." && !chart.contains('/'));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(path in "\\PC{0,64}") {
+            let _ = parse("GET", &path, Some(&path));
+        }
+    }
+}

@@ -340,3 +340,32 @@ pub(crate) mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Arbitrary bytes, gzip or not, never panic the chart reader.
+        #[test]
+        fn chart_reading_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = read_chart_metadata(&bytes, ArchiveLimits::default());
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &bytes).unwrap();
+            let _ = read_chart_metadata(&gz.finish().unwrap(), ArchiveLimits::default());
+        }
+
+        /// Any Chart.yaml text that parses gives Go-compatible JSON that parses back.
+        #[test]
+        fn config_blob_round_trips(name in "[a-z<>&]{1,10}", version in "[0-9.]{1,8}", desc in "\\PC{0,40}") {
+            let meta = ChartMetadata { name, version, description: desc, ..Default::default() };
+            let json = config_blob(&meta);
+            let back: ChartMetadata = serde_json::from_slice(&json).unwrap();
+            prop_assert_eq!(back, meta);
+            prop_assert!(!json.contains(&b'<') && !json.contains(&b'>') && !json.contains(&b'&'));
+        }
+    }
+}

@@ -251,3 +251,28 @@ generated: "2024-07-22T11:25:35.405163826Z"
         assert_eq!(archive_path("a b", "1/2"), "-/a%20b/1%2F2/a%20b-1%2F2.tgz");
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Arbitrary bytes and arbitrary YAML-ish text parse or fail cleanly.
+        #[test]
+        fn index_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_index(&bytes, IndexLimits::default());
+        }
+
+        #[test]
+        fn yamlish_text_never_panics(text in "(apiVersion: v1\n)?(entries:\n)?([ a-z:\n&*{}\\[\\],-]{0,200})") {
+            if let Ok(idx) = parse_index(text.as_bytes(), IndexLimits::default()) {
+                // whatever parsed also rewrites and re-parses
+                let out = rewrite_index(&idx);
+                prop_assert!(parse_index(&out, IndexLimits::default()).is_ok());
+            }
+        }
+    }
+}
