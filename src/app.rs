@@ -39,9 +39,9 @@ impl App {
             Arc::new(disk),
         ));
         let refs = Arc::new(RefStore::open(dir)?);
-        let client = Arc::new(UpstreamClient::new()?);
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
+            let client = Arc::new(UpstreamClient::new(u.policy.clone())?);
             let source = match u.kind {
                 UpstreamKind::Helm => Source::Helm(Arc::new(HelmUpstream::new(
                     u.clone(),
@@ -53,7 +53,7 @@ impl App {
                 )?)),
                 UpstreamKind::Oci => Source::Oci(Arc::new(OciUpstream::new(
                     u.clone(),
-                    client.http().clone(),
+                    client,
                     blobs.clone(),
                     refs.clone(),
                     config.limits,
@@ -149,6 +149,11 @@ impl App {
                 r
             }
         };
+        if notes.cache == "stale" {
+            // RFC 7234's stale warning: the upstream failed and a last-known answer was served.
+            resp.headers
+                .push(("Warning", "110 chartbridge \"Response is Stale\"".into()));
+        }
         if api == Api::Oci && resp.get_header("Docker-Distribution-API-Version").is_none() {
             resp.headers
                 .push(("Docker-Distribution-API-Version", "registry/2.0".into()));

@@ -31,6 +31,9 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     /// Upstream that serves `/v2/<repository>` when the first segment names no upstream.
     pub default_upstream: Option<String>,
+    /// Never contact any upstream (air gap): serve what is cached. Default false.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +78,25 @@ pub struct RawUpstream {
     /// oci: chart repositories listed in the upstream-level index.yaml.
     #[serde(default)]
     pub charts: Vec<String>,
+    /// Timeouts talking to this upstream.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Extra attempts for idempotent requests after connection errors and 5xx. Default 2.
+    pub retries: Option<u32>,
+    /// Never contact this upstream: serve what is cached. Default false.
+    #[serde(default)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Connecting (TCP and TLS). Default 10s.
+    pub connect: Option<String>,
+    /// Request sent to response headers. Default 30s.
+    pub header: Option<String>,
+    /// Longest silence while reading a body. Default 60s.
+    pub idle: Option<String>,
 }
 
 /// Where a registry's credentials come from. Secrets are read from environment variables or
@@ -138,6 +160,8 @@ pub struct Upstream {
     pub latest: LatestPolicy,
     pub credentials: Option<Credentials>,
     pub charts: Vec<crate::ids::RepoName>,
+    /// Timeouts, retries and offline mode.
+    pub policy: crate::upstream::Policy,
 }
 
 impl Upstream {
@@ -314,6 +338,17 @@ impl Config {
                     "{at}: credentials, charts and latest apply to kind oci only"
                 )));
             }
+            let dur = |v: &Option<String>, key: &str, default: u64| match v {
+                Some(s) => parse_duration(s).map_err(|e| err(format!("{at}.timeouts.{key}: {e}"))),
+                None => Ok(Duration::from_secs(default)),
+            };
+            let policy = crate::upstream::Policy {
+                connect: dur(&u.timeouts.connect, "connect", 10)?,
+                header: dur(&u.timeouts.header, "header", 30)?,
+                idle: dur(&u.timeouts.idle, "idle", 60)?,
+                retries: u.retries.unwrap_or(2).min(10),
+                offline: u.offline || raw.offline,
+            };
             upstreams.push(Upstream {
                 name,
                 kind,
@@ -323,6 +358,7 @@ impl Config {
                 latest,
                 credentials,
                 charts,
+                policy,
             });
         }
         let default_upstream = match raw.default_upstream {

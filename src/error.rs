@@ -29,6 +29,8 @@ pub enum Kind {
     UpstreamUnavailable,
     /// The upstream rate-limits us (429); `retry_after` says for how long when it said so.
     UpstreamRateLimited,
+    /// The upstream is offline by configuration and what was asked is not cached.
+    UpstreamOffline,
     // chartbridge itself.
     Internal,
 }
@@ -83,7 +85,10 @@ impl Error {
     pub fn is_upstream(&self) -> bool {
         matches!(
             self.kind,
-            Kind::UpstreamInvalid | Kind::UpstreamUnavailable | Kind::UpstreamRateLimited
+            Kind::UpstreamInvalid
+                | Kind::UpstreamUnavailable
+                | Kind::UpstreamRateLimited
+                | Kind::UpstreamOffline
         )
     }
 }

@@ -153,6 +153,7 @@ pub fn error_response(err: &Error, api: Api) -> Response {
         Kind::UpstreamInvalid => (502, "UPSTREAM_INVALID"),
         Kind::UpstreamUnavailable => (502, "UNAVAILABLE"),
         Kind::UpstreamRateLimited => (429, "TOOMANYREQUESTS"),
+        Kind::UpstreamOffline => (503, "UNAVAILABLE"),
         Kind::Internal => (500, "UNKNOWN"),
     };
     let mut resp = Response::new(status);

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod containerd;
 mod deploy;
+mod faults;
 mod helm_clients;
 mod mirror;
 mod oci_api;

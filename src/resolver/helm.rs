@@ -405,7 +405,7 @@ impl HelmUpstream {
     /// A chart behind an `oci://` index URL (Bitnami's form), pulled anonymously.
     async fn pull_oci(&self, url: &str, version: &str, max: u64) -> Result<OciChart> {
         let (host, repo, reference) = parse_oci_url(url, version)?;
-        Registry::for_host(self.client.http().clone(), &host)?
+        Registry::for_host(self.client.clone(), &host)?
             .pull_chart(&repo, &reference, max)
             .await
     }

@@ -63,13 +63,13 @@ pub struct OciUpstream {
 impl OciUpstream {
     pub fn new(
         config: Upstream,
-        http: reqwest::Client,
+        client: Arc<crate::upstream::UpstreamClient>,
         blobs: Arc<BlobCache>,
         refs: Arc<RefStore>,
         limits: Limits,
     ) -> OciUpstream {
         let registry = Arc::new(Registry::new(
-            http,
+            client,
             &config.url,
             config.credentials.clone(),
             config.name.as_str(),

@@ -31,20 +31,142 @@ pub enum Fetch {
     },
 }
 
+/// How one upstream is talked to: timeouts, retries, and whether it may be contacted at all.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Connecting (TCP and TLS).
+    pub connect: Duration,
+    /// From sending the request to the response headers.
+    pub header: Duration,
+    /// Longest silence while reading a body.
+    pub idle: Duration,
+    /// Extra attempts for an idempotent request after a connection error or a 5xx.
+    pub retries: u32,
+    /// Never contact the upstream: everything is answered from cache or refused.
+    pub offline: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            connect: Duration::from_secs(10),
+            header: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            retries: 2,
+            offline: false,
+        }
+    }
+}
+
+/// Longest `Retry-After` we wait out inside one request; longer ones go back to the client.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The HTTP client of one upstream.
 pub struct UpstreamClient {
     http: reqwest::Client,
+    policy: Policy,
 }
 
 impl UpstreamClient {
-    pub fn new() -> Result<UpstreamClient> {
+    pub fn new(policy: Policy) -> Result<UpstreamClient> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("chartbridge/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
+            .connect_timeout(policy.connect)
+            .read_timeout(policy.idle)
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
             .map_err(|e| Error::internal(format!("cannot build HTTP client: {e}")))?;
-        Ok(UpstreamClient { http })
+        Ok(UpstreamClient { http, policy })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Sends a bodiless request: refused when offline, bounded by the header timeout, retried
+    /// with backoff after connection errors, timeouts and 5xx (and after a short `Retry-After`
+    /// on 429). Every attempt is counted in the upstream metrics under `label`.
+    pub(crate) async fn send(
+        &self,
+        label: &str,
+        req: reqwest::RequestBuilder,
+        url: &Url,
+    ) -> Result<reqwest::Response> {
+        if self.policy.offline {
+            return Err(Error::new(
+                crate::error::Kind::UpstreamOffline,
+                format!(
+                    "upstream {label} is offline by configuration: {} was not contacted",
+                    redact(url)
+                ),
+            ));
+        }
+        let mut attempt = 0u32;
+        loop {
+            let this_try = req
+                .try_clone()
+                .ok_or_else(|| Error::internal("request cannot be retried"))?;
+            let start = std::time::Instant::now();
+            let sent = tokio::time::timeout(self.policy.header, this_try.send()).await;
+            crate::metrics::upstream_latency(label, start.elapsed());
+            let retryable = attempt < self.policy.retries;
+            let backoff = Duration::from_millis(100u64 << attempt.min(6));
+            attempt += 1;
+            let resp = match sent {
+                Err(_) => {
+                    crate::metrics::upstream_request(label, "timeout");
+                    if retryable {
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                    return Err(Error::upstream_unavailable(format!(
+                        "{} sent no response headers within {:?}",
+                        redact(url),
+                        self.policy.header
+                    )));
+                }
+                Ok(Err(e)) => {
+                    crate::metrics::upstream_request(label, "error");
+                    // A redirect loop or a bad URL does not get better by retrying.
+                    if retryable && !e.is_redirect() && !e.is_builder() {
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                    return Err(unreachable_err(url, e));
+                }
+                Ok(Ok(r)) => r,
+            };
+            let status = resp.status().as_u16();
+            crate::metrics::upstream_request(
+                label,
+                match status {
+                    200..=299 => "ok",
+                    304 => "not_modified",
+                    401 | 403 => "denied",
+                    404 | 410 => "missing",
+                    429 => "rate_limited",
+                    500.. => "error",
+                    _ => "other",
+                },
+            );
+            if retryable && status >= 500 {
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            if retryable && status == 429 {
+                let wait = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                if let Some(w) = wait.filter(|w| *w <= MAX_RETRY_AFTER) {
+                    tokio::time::sleep(w).await;
+                    continue;
+                }
+            }
+            return Ok(resp);
+        }
     }
 
     /// GETs `url`, reading at most `max_bytes` of body.
@@ -57,26 +179,6 @@ impl UpstreamClient {
         validators: &Validators,
         max_bytes: u64,
     ) -> Result<Fetch> {
-        let start = std::time::Instant::now();
-        let result = self.get_inner(url, accept, validators, max_bytes).await;
-        crate::metrics::upstream_latency(label, start.elapsed());
-        let outcome = match &result {
-            Ok(Fetch::Body { .. }) => "ok",
-            Ok(Fetch::NotModified) => "not_modified",
-            Ok(Fetch::Missing) => "missing",
-            Err(_) => "error",
-        };
-        crate::metrics::upstream_request(label, outcome);
-        result
-    }
-
-    async fn get_inner(
-        &self,
-        url: &Url,
-        accept: &str,
-        validators: &Validators,
-        max_bytes: u64,
-    ) -> Result<Fetch> {
         let mut req = self.http.get(url.clone()).header("Accept", accept);
         if let Some(e) = &validators.etag {
             req = req.header("If-None-Match", e);
@@ -84,7 +186,7 @@ impl UpstreamClient {
         if let Some(lm) = &validators.last_modified {
             req = req.header("If-Modified-Since", lm);
         }
-        let resp = req.send().await.map_err(|e| unreachable_err(url, e))?;
+        let resp = self.send(label, req, url).await?;
         match resp.status().as_u16() {
             304 => Ok(Fetch::NotModified),
             404 | 410 => Ok(Fetch::Missing),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use url::Url;
 
-use super::{read_capped, redact, status_err, unreachable_err};
+use super::{read_capped, redact, status_err};
 use crate::config::Credentials;
 use crate::convert::manifest::{HELM_CHART_LAYER, HELM_PROV_LAYER, LEGACY_CHART_LAYER};
 use crate::error::{Error, Kind, Result};
@@ -27,7 +27,7 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.artifact.manifest.v1+json";
 
 pub struct Registry {
-    http: reqwest::Client,
+    client: std::sync::Arc<super::UpstreamClient>,
     /// `scheme://host[:port]`
     base: Url,
     credentials: Option<Credentials>,
@@ -74,7 +74,7 @@ pub struct OciChart {
 impl Registry {
     /// `label` names the upstream in metrics.
     pub fn new(
-        http: reqwest::Client,
+        client: std::sync::Arc<super::UpstreamClient>,
         base: &Url,
         credentials: Option<Credentials>,
         label: &str,
@@ -83,7 +83,7 @@ impl Registry {
         base.set_path("/");
         base.set_query(None);
         Registry {
-            http,
+            client,
             base,
             label: label.to_string(),
             credentials,
@@ -93,14 +93,14 @@ impl Registry {
     }
 
     /// A registry for an `oci://host` reference: plain HTTP on loopback, as Helm assumes.
-    pub fn for_host(http: reqwest::Client, host: &str) -> Result<Registry> {
+    pub fn for_host(client: std::sync::Arc<super::UpstreamClient>, host: &str) -> Result<Registry> {
         let hostname = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
         let loopback =
             hostname == "localhost" || hostname.starts_with("127.") || hostname == "[::1]";
         let scheme = if loopback { "http" } else { "https" };
         let base = Url::parse(&format!("{scheme}://{host}/"))
             .map_err(|e| Error::upstream_invalid(format!("bad registry host {host:?}: {e}")))?;
-        Ok(Registry::new(http, &base, None, host))
+        Ok(Registry::new(client, &base, None, host))
     }
 
     pub fn url(&self, repo: &str, tail: &str) -> Result<Url> {
@@ -149,7 +149,8 @@ impl Registry {
         let mut challenged = false;
         loop {
             let mut req = self
-                .http
+                .client
+                .http()
                 .request(method.clone(), url.clone())
                 .header("Accept", accept);
             if let Some(t) = self.cached_token(&scope) {
@@ -158,26 +159,8 @@ impl Registry {
             {
                 req = req.basic_auth(&c.username, Some(&c.password));
             }
-            let start = std::time::Instant::now();
-            let sent = req.send().await;
-            crate::metrics::upstream_latency(&self.label, start.elapsed());
-            let resp = match sent {
-                Ok(r) => r,
-                Err(e) => {
-                    crate::metrics::upstream_request(&self.label, "error");
-                    return Err(unreachable_err(&url, e));
-                }
-            };
+            let resp = self.client.send(&self.label, req, &url).await?;
             let status = resp.status().as_u16();
-            let outcome = match status {
-                200..=299 => "ok",
-                401 | 403 => "denied",
-                404 => "missing",
-                429 => "rate_limited",
-                500.. => "error",
-                _ => "other",
-            };
-            crate::metrics::upstream_request(&self.label, outcome);
             match status {
                 401 if !challenged => {
                     challenged = true;
@@ -255,11 +238,11 @@ impl Registry {
             }
             q.append_pair("scope", &get("scope").unwrap_or_else(|| scope.to_string()));
         }
-        let mut req = self.http.get(url.clone());
+        let mut req = self.client.http().get(url.clone());
         if let Some(c) = &self.credentials {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
-        let resp = req.send().await.map_err(|e| unreachable_err(&url, e))?;
+        let resp = self.client.send(&self.label, req, &url).await?;
         if !resp.status().is_success() {
             return Err(Error::upstream_unavailable(format!(
                 "token endpoint {} answered HTTP {}",

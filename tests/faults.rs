@@ -1,0 +1,294 @@
+//! Upstream faults a real server cannot produce on demand, from the in-process fault server
+//! (`support::fault`): what the client receives, that nothing corrupt is cached, and that the
+//! next request after the fault clears succeeds. The table in tests/README.md mirrors these.
+
+use std::time::{Duration, Instant};
+
+use crate::support::fault::{Behavior, FaultServer};
+use crate::support::*;
+
+const OCTET: &str = "application/octet-stream";
+
+fn blob() -> (Vec<u8>, chartbridge::ids::Digest) {
+    let b: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let d = chartbridge::ids::Digest::of(&b);
+    (b, d)
+}
+
+fn bridge_for(fake: &FaultServer, extra: &str) -> Proc {
+    chartbridge(&oci_upstream("f", &fake.url(), extra))
+}
+
+fn cached(bridge: &Proc, d: &chartbridge::ids::Digest) -> bool {
+    bridge
+        .dir
+        .path()
+        .join("cache")
+        .join("sha256")
+        .join(d.hex())
+        .exists()
+}
+
+/// Each body fault: the client never gets a complete 200 with wrong bytes, nothing is cached,
+/// and once the upstream behaves the same request succeeds.
+#[test]
+fn body_faults_fail_visibly_cache_nothing_and_recover() {
+    let (good, d) = blob();
+    let mut wrong = good.clone();
+    wrong[good.len() / 2] ^= 0xff;
+    let cases = [
+        (
+            "truncated body",
+            Behavior::Truncate {
+                body: good.clone(),
+                send: good.len() / 2,
+            },
+        ),
+        ("wrong bytes, right length", Behavior::ok(&wrong, OCTET)),
+        (
+            "reset mid-stream",
+            Behavior::Reset {
+                body: good.clone(),
+                send: good.len() / 3,
+            },
+        ),
+    ];
+    for (what, fault) in cases {
+        let fake = FaultServer::start();
+        let path = format!("/v2/img/blobs/{d}");
+        fake.route(&path, vec![fault]);
+        let bridge = bridge_for(&fake, "    retries: 0\n");
+        let url = format!("{}/v2/f/img/blobs/{d}", bridge.url());
+        // A failed connection is a visible failure too; only a complete 200 would be wrong.
+        if let Ok(r) = client().get(&url).send() {
+            let status = r.status().as_u16();
+            let body = r.bytes();
+            let complete_200 = status == 200 && body.is_ok_and(|b| b.len() == good.len());
+            assert!(
+                !complete_200,
+                "{what}: a complete 200 must never carry wrong bytes"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!cached(&bridge, &d), "{what}: nothing may be cached");
+        fake.route(&path, vec![Behavior::ok(&good, OCTET)]);
+        let ok = get(&url);
+        assert_eq!(ok.status(), 200, "{what}: recovers");
+        assert_eq!(
+            ok.bytes().unwrap().to_vec(),
+            good,
+            "{what}: right bytes after recovery"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(cached(&bridge, &d), "{what}: cached after a good fetch");
+    }
+}
+
+#[test]
+fn a_slow_first_byte_hits_the_header_timeout_and_5xx_bursts_are_retried() {
+    let (good, d) = blob();
+    let fake = FaultServer::start();
+    let path = format!("/v2/img/blobs/{d}");
+    fake.route(
+        &path,
+        vec![Behavior::Slow(
+            Duration::from_secs(3),
+            Box::new(Behavior::ok(&good, OCTET)),
+        )],
+    );
+    let bridge = bridge_for(&fake, "    retries: 0\n    timeouts: {header: 500ms}\n");
+    let t = Instant::now();
+    let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
+    assert_eq!(r.status(), 502);
+    assert!(r.text().unwrap().contains("no response headers"));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the timeout, not the upstream, ended it"
+    );
+
+    // two 503s then success: retried (retries: 2) and served, three upstream requests
+    let fake = FaultServer::start();
+    fake.route(
+        &path,
+        vec![
+            Behavior::status(503, &[]),
+            Behavior::status(503, &[]),
+            Behavior::ok(&good, OCTET),
+        ],
+    );
+    let bridge = bridge_for(&fake, "    retries: 2\n");
+    let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().to_vec(), good);
+    assert_eq!(fake.hits(&path), 3);
+
+    // a longer burst than the retries: a clear 502, then the next request succeeds
+    let fake = FaultServer::start();
+    fake.route(
+        &path,
+        vec![
+            Behavior::status(500, &[]),
+            Behavior::status(502, &[]),
+            Behavior::ok(&good, OCTET),
+        ],
+    );
+    let bridge = bridge_for(&fake, "    retries: 1\n");
+    let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
+    assert_eq!(r.status(), 502);
+    assert!(!cached(&bridge, &d));
+    let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn rate_limits_pass_on_or_serve_from_cache_and_redirect_loops_end() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[]}"#;
+    let md = chartbridge::ids::Digest::of(manifest);
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    let fake = FaultServer::start();
+    let tag_path = "/v2/img/manifests/v1";
+    let ok = Behavior::ok(manifest, mt).with_header("Docker-Content-Digest", &md.to_string());
+    fake.route(tag_path, vec![ok]);
+    let bridge = bridge_for(&fake, "    retries: 0\n");
+    let u = bridge.url();
+    let first = get(&format!("{u}/v2/f/img/manifests/v1"));
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("warning").is_none());
+
+    // the upstream starts rate-limiting: past tag_ttl the last known digest is served, marked stale
+    fake.route(
+        tag_path,
+        vec![Behavior::status(429, &[("Retry-After", "120")])],
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let stale = get(&format!("{u}/v2/f/img/manifests/v1"));
+    assert_eq!(stale.status(), 200);
+    assert!(stale.headers()["warning"]
+        .to_str()
+        .unwrap()
+        .contains("Stale"));
+    assert_eq!(stale.bytes().unwrap().to_vec(), manifest.to_vec());
+
+    // nothing cached for another tag: the 429 and its Retry-After reach the client
+    fake.route(
+        "/v2/img/manifests/v2",
+        vec![Behavior::status(429, &[("Retry-After", "120")])],
+    );
+    let limited = get(&format!("{u}/v2/f/img/manifests/v2"));
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "120");
+    assert_eq!(oci_code(limited).1, "TOOMANYREQUESTS");
+
+    // a redirect loop ends with a clear error
+    fake.route("/v2/img/manifests/loop", vec![Behavior::RedirectLoop]);
+    let t = Instant::now();
+    let looped = get(&format!("{u}/v2/f/img/manifests/loop"));
+    assert_eq!(looped.status(), 502);
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+/// 100 concurrent cold pulls of one blob and of one manifest through the real binary: exactly
+/// one upstream request each, every client gets identical, correct bytes.
+#[test]
+fn a_hundred_concurrent_cold_pulls_make_one_upstream_request_each() {
+    let (good, d) = blob();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":{}}},"layers":[]}}"#,
+        good.len()
+    )
+    .into_bytes();
+    let md = chartbridge::ids::Digest::of(&manifest);
+    let fake = FaultServer::start();
+    let slow = |b: Behavior| Behavior::Slow(Duration::from_millis(400), Box::new(b));
+    fake.route(
+        &format!("/v2/img/blobs/{d}"),
+        vec![slow(Behavior::ok(&good, OCTET))],
+    );
+    fake.route(
+        &format!("/v2/img/manifests/{md}"),
+        vec![slow(Behavior::ok(
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        ))],
+    );
+    let bridge = bridge_for(&fake, "");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(200));
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                format!("{}/v2/f/img/blobs/{d}", bridge.url())
+            } else {
+                format!("{}/v2/f/img/manifests/{md}", bridge.url())
+            };
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                let r = client().get(&url).send().unwrap();
+                (r.status().as_u16(), r.bytes().unwrap().to_vec())
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, body) = h.join().unwrap();
+        assert_eq!(status, 200);
+        if i % 2 == 0 {
+            assert_eq!(body, good);
+        } else {
+            assert_eq!(body, manifest);
+        }
+    }
+    assert_eq!(
+        fake.hits(&format!("/v2/img/blobs/{d}")),
+        1,
+        "one blob fetch upstream"
+    );
+    assert_eq!(
+        fake.hits(&format!("/v2/img/manifests/{md}")),
+        1,
+        "one manifest fetch upstream"
+    );
+}
+
+/// offline: true never contacts the upstream: cached content is served, the rest is a clear 503.
+#[test]
+fn offline_serves_the_cache_and_refuses_the_rest_without_dialling() {
+    let (good, d) = blob();
+    let fake = FaultServer::start();
+    fake.route(
+        &format!("/v2/img/blobs/{d}"),
+        vec![Behavior::ok(&good, OCTET)],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let online = chartbridge_with(&oci_upstream("f", &fake.url(), ""), "", Some(cache.path()));
+    assert_eq!(
+        get(&format!("{}/v2/f/img/blobs/{d}", online.url())).status(),
+        200
+    );
+    // the durable commit follows the client's last byte
+    std::thread::sleep(Duration::from_millis(300));
+    drop(online);
+    let before = fake.hits(&format!("/v2/img/blobs/{d}"));
+    let offline = chartbridge_with(
+        &oci_upstream("f", &fake.url(), ""),
+        "offline: true\n",
+        Some(cache.path()),
+    );
+    let r = get(&format!("{}/v2/f/img/blobs/{d}", offline.url()));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().to_vec(), good);
+    let other = chartbridge::ids::Digest::of(b"not cached");
+    let (status, code) = oci_code(get(&format!("{}/v2/f/img/blobs/{other}", offline.url())));
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"));
+    assert_eq!(
+        fake.hits(&format!("/v2/img/blobs/{d}")),
+        before,
+        "never dialled"
+    );
+    assert_eq!(
+        fake.hits(&format!("/v2/img/blobs/{other}")),
+        0,
+        "never dialled"
+    );
+}
