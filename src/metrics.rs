@@ -70,6 +70,7 @@ struct Metrics {
     latest: Counter,
     disk_bytes: Gauge,
     disk_blobs: Gauge,
+    write_failures: Counter,
 }
 
 fn metrics() -> &'static Metrics {
@@ -90,6 +91,7 @@ fn metrics() -> &'static Metrics {
             latest: Counter::default(),
             disk_bytes: Gauge::default(),
             disk_blobs: Gauge::default(),
+            write_failures: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -156,6 +158,11 @@ fn metrics() -> &'static Metrics {
             "disk_blobs",
             "Blobs stored in the disk tier",
             m.disk_blobs.clone(),
+        );
+        r.register(
+            "cache_write_failures",
+            "Blobs served without caching because the disk refused the write",
+            m.write_failures.clone(),
         );
         Metrics { registry: r, ..m }
     })
@@ -298,6 +305,10 @@ pub fn stale_served(kind: &'static str) {
 
 pub fn flight_join() {
     metrics().flight_joins.inc();
+}
+
+pub fn cache_write_failure() {
+    metrics().write_failures.inc();
 }
 
 pub fn evicted() {

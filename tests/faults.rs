@@ -74,6 +74,15 @@ fn body_faults_fail_visibly_cache_nothing_and_recover() {
         std::thread::sleep(Duration::from_millis(100));
         assert!(!cached(&bridge, &d), "{what}: nothing may be cached");
         fake.route(&path, vec![Behavior::ok(&good, OCTET)]);
+        // the failure is remembered briefly: an immediate retry does not reach the upstream
+        let hits = fake.hits(&path);
+        assert_ne!(get(&url).status(), 200, "{what}: negatively cached");
+        assert_eq!(
+            fake.hits(&path),
+            hits,
+            "{what}: no upstream request while negatively cached"
+        );
+        std::thread::sleep(Duration::from_millis(1100));
         let ok = get(&url);
         assert_eq!(ok.status(), 200, "{what}: recovers");
         assert_eq!(
@@ -138,6 +147,7 @@ fn a_slow_first_byte_hits_the_header_timeout_and_5xx_bursts_are_retried() {
     let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
     assert_eq!(r.status(), 502);
     assert!(!cached(&bridge, &d));
+    std::thread::sleep(Duration::from_millis(1100)); // past the negative cache
     let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
     assert_eq!(r.status(), 200);
 }
@@ -291,4 +301,68 @@ fn offline_serves_the_cache_and_refuses_the_rest_without_dialling() {
         0,
         "never dialled"
     );
+}
+
+/// kill -9 in the middle of a download: no partial blob is ever visible under its digest, the
+/// leftover temp file is removed at the next start, and the blob is fetched whole afterwards.
+#[test]
+fn kill_9_mid_download_leaves_nothing_visible_and_the_restart_recovers() {
+    let (good, d) = blob();
+    let fake = FaultServer::start();
+    let path = format!("/v2/img/blobs/{d}");
+    fake.route(
+        &path,
+        vec![Behavior::Stall {
+            body: good.clone(),
+            send: good.len() / 2,
+            pause: Duration::from_secs(30),
+        }],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let ups = oci_upstream("f", &fake.url(), "    timeouts: {idle: 60s}\n");
+    let mut first = chartbridge_with(&ups, "", Some(cache.path()));
+    let url = format!("{}/v2/f/img/blobs/{d}", first.url());
+    let reader = std::thread::spawn(move || {
+        let r = client().get(&url).send();
+        r.map(|r| r.bytes().map(|b| b.len()).unwrap_or(0))
+            .unwrap_or(0)
+    });
+    // wait until half the blob is in the temp file
+    let tmp = cache.path().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let partial = std::fs::read_dir(&tmp)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            })
+            .unwrap_or(false);
+        if partial {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill9();
+    assert!(
+        reader.join().unwrap() < good.len(),
+        "the client saw the download fail"
+    );
+    assert!(
+        !cache.path().join("sha256").join(d.hex()).exists(),
+        "no partial blob is visible"
+    );
+
+    fake.route(&path, vec![Behavior::ok(&good, OCTET)]);
+    let second = chartbridge_with(&ups, "", Some(cache.path()));
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temp files from the crash are cleaned at start"
+    );
+    let r = get(&format!("{}/v2/f/img/blobs/{d}", second.url()));
+    assert_eq!(r.bytes().unwrap().to_vec(), good);
 }

@@ -177,6 +177,7 @@ fn a_registry_answering_html_or_wrong_bytes_is_refused_and_nothing_is_cached() {
 
     // the blob: headers may already be on the way, but the body never completes
     for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // past the negative cache
         let r = client()
             .get(format!("{u}/v2/fake/junk/blobs/{claimed}"))
             .send()

@@ -135,11 +135,14 @@ pub struct DiskWriter {
     hasher: Sha256,
     size: u64,
     verified: bool,
+    /// Set when the disk refused a write (full, read-only): the blob keeps streaming and
+    /// hashing, but will not be cached.
+    failed: Option<String>,
 }
 
 impl Drop for DiskWriter {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if self.file.is_some() || self.failed.is_some() {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -154,11 +157,21 @@ impl BlobWrite for DiskWriter {
         }
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
+        if self.failed.is_some() {
+            return Ok(());
+        }
         let f = self
             .file
             .as_mut()
             .ok_or_else(|| Error::internal("write after commit"))?;
-        f.write_all(chunk).await?;
+        if let Err(e) = f.write_all(chunk).await {
+            // A full or failing disk must not fail the client: stream through uncached.
+            tracing::warn!(digest = %self.digest, error = %e, "cache write failed; serving without caching");
+            crate::metrics::cache_write_failure();
+            self.failed = Some(e.to_string());
+            self.file = None;
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+        }
         Ok(())
     }
 
@@ -175,6 +188,12 @@ impl BlobWrite for DiskWriter {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.verify()?;
+        if let Some(why) = &self.failed {
+            return Err(Error::internal(format!(
+                "blob {} not cached: {why}",
+                self.digest
+            )));
+        }
         let f = self
             .file
             .take()
@@ -370,6 +389,7 @@ impl BlobStore for DiskStore {
             hasher: Sha256::new(),
             size: 0,
             verified: false,
+            failed: None,
         }))
     }
 }
@@ -392,6 +412,43 @@ mod tests {
         assert!(store.stat(&ds[1]).await.unwrap().is_none());
         assert!(!dir.path().join("sha256").join(ds[1].hex()).exists());
         assert_eq!(store.used_bytes(), 20);
+    }
+
+    /// A full disk (here /dev/full, which answers ENOSPC) does not fail the stream: the writer
+    /// keeps hashing, verification still works, and only the commit reports "not cached".
+    #[tokio::test]
+    async fn a_full_disk_degrades_to_stream_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 30).await.unwrap();
+        let data = vec![5u8; 3 << 20];
+        let d = Digest::of(&data);
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut w = DiskWriter {
+            root: store.root.clone(),
+            max_bytes: store.max_bytes,
+            state: store.state.clone(),
+            digest: d.clone(),
+            tmp: dir.path().join("tmp").join("full.part"),
+            file: Some(tokio::io::BufWriter::with_capacity(
+                1024,
+                tokio::fs::File::from_std(full),
+            )),
+            hasher: Sha256::new(),
+            size: 0,
+            verified: false,
+            failed: None,
+        };
+        for chunk in data.chunks(64 << 10) {
+            w.write(chunk).await.expect("writes keep succeeding");
+        }
+        assert!(w.failed.is_some());
+        w.verify().expect("the digest still checks");
+        let e = Box::new(w).commit().await.unwrap_err();
+        assert!(e.message().contains("not cached"), "{e}");
+        assert_eq!(store.stat(&d).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -28,6 +28,8 @@ use crate::upstream::{redact, Registry, MANIFEST_ACCEPT};
 
 /// Largest manifest or tag-list page we accept.
 const MAX_MANIFEST: u64 = 4 << 20;
+/// How long a failed fetch is answered from memory instead of asking the upstream again.
+const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most tag-list pages followed for one repository.
 const MAX_TAG_PAGES: usize = 100;
 
@@ -58,6 +60,8 @@ pub struct OciUpstream {
     index_entries: moka::future::Cache<(Digest, String), ChartVersion>,
     /// Built index.yaml views, fresh for `tag_ttl`.
     built_indexes: moka::future::Cache<String, BuiltIndex>,
+    /// Recent upstream failures, answered again without asking for `NEGATIVE_TTL`.
+    failures: moka::future::Cache<String, Error>,
 }
 
 impl OciUpstream {
@@ -94,6 +98,10 @@ impl OciUpstream {
             manifest_flight: Flight::default(),
             blob_flight: Flight::default(),
             index_entries: moka::future::Cache::builder().max_capacity(100_000).build(),
+            failures: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(NEGATIVE_TTL)
+                .build(),
             built_indexes: moka::future::Cache::builder()
                 .max_capacity(1_000)
                 .time_to_live(ttl)
@@ -424,9 +432,14 @@ impl OciUpstream {
                 return Ok(m);
             }
         }
+        let failure_key = format!("manifest\0{d}");
+        if let Some(e) = self.failures.get(&failure_key).await {
+            return Err(e);
+        }
         let this = self.clone();
         let (r, dd) = (repo.to_string(), d.clone());
-        self.manifest_flight
+        let result = self
+            .manifest_flight
             .run(d.clone(), async move {
                 let resp = this
                     .registry
@@ -462,7 +475,11 @@ impl OciUpstream {
                 }
                 this.store_manifest(&dd, bytes, ct).await
             })
-            .await
+            .await;
+        if let Err(e) = &result {
+            self.remember_failure(failure_key, e).await;
+        }
+        result
     }
 
     /// A blob: from cache; HEAD of a cold blob asks the upstream for its length; a cold GET is
@@ -496,26 +513,47 @@ impl OciUpstream {
                 ))),
             };
         }
-        let (len_tx, len_rx) = oneshot::channel();
-        let (tx, rx) = mpsc::channel(16);
-        let this = self.clone();
-        let dd = d.clone();
-        let (leader, done) = self.blob_flight.start(d.clone(), async move {
-            this.fetch_blob(&up, &dd, len_tx, tx).await
-        });
-        if leader && !range {
-            match len_rx.await {
-                Ok(Ok(len)) => return Ok(BlobAnswer::Stream(len, rx)),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {} // the fetch ended before it had a length; its result says why
+        let failure_key = format!("blob\0{d}");
+        // A follower whose leader could not cache (full disk) tries once more as a leader.
+        for _ in 0..2 {
+            if let Some(e) = self.failures.get(&failure_key).await {
+                return Err(e);
+            }
+            let (len_tx, len_rx) = oneshot::channel();
+            let (tx, rx) = mpsc::channel(16);
+            let this = self.clone();
+            let (dd, r, key) = (d.clone(), up.clone(), failure_key.clone());
+            let (leader, done) = self.blob_flight.start(d.clone(), async move {
+                let result = this.fetch_blob(&r, &dd, len_tx, tx).await;
+                if let Err(e) = &result {
+                    this.remember_failure(key, e).await;
+                }
+                result
+            });
+            if leader && !range {
+                match len_rx.await {
+                    Ok(Ok(len)) => return Ok(BlobAnswer::Stream(len, rx)),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {} // the fetch ended before it had a length; its result says why
+                }
+            }
+            done.await?;
+            if let Some(data) = self.blobs.read(d).await? {
+                return Ok(BlobAnswer::Data(data));
             }
         }
-        done.await?;
-        match self.blobs.read(d).await? {
-            Some(data) => Ok(BlobAnswer::Data(data)),
-            None => Err(Error::internal(format!(
-                "blob {d} was fetched but is not in the cache"
-            ))),
+        Err(Error::internal(format!(
+            "blob {d} was fetched but could not be cached"
+        )))
+    }
+
+    /// Remembers a failed upstream fetch for `NEGATIVE_TTL`, so a failing upstream is not asked
+    /// again by every client at once. Offline refusals and internal errors are not remembered.
+    async fn remember_failure(&self, key: String, e: &Error) {
+        if e.is_upstream() && e.kind() != Kind::UpstreamOffline
+            || matches!(e.kind(), Kind::BlobUnknown | Kind::ManifestUnknown)
+        {
+            self.failures.insert(key, e.clone()).await;
         }
     }
 
@@ -620,7 +658,11 @@ impl OciUpstream {
             let _ = tx.send(Ok(last)).await;
         }
         drop(tx);
-        writer.commit().await
+        if let Err(e) = writer.commit().await {
+            // The client got verified bytes; only the cache missed out (e.g. a full disk).
+            tracing::warn!(digest = %d, error = %e, "blob served but not cached");
+        }
+        Ok(())
     }
 
     /// `GET /v2/<name>/referrers/<digest>`: passed through (not cached: it changes as artifacts

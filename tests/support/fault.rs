@@ -23,6 +23,12 @@ pub enum Behavior {
     Reset { body: Vec<u8>, send: usize },
     /// Waits before answering.
     Slow(Duration, Box<Behavior>),
+    /// Sends headers and `send` bytes, pauses, then sends the rest.
+    Stall {
+        body: Vec<u8>,
+        send: usize,
+        pause: Duration,
+    },
     /// Redirects to itself.
     RedirectLoop,
 }
@@ -169,6 +175,13 @@ fn respond(conn: &mut TcpStream, method: &str, path: &str, b: Behavior, port: u1
             let _ = conn.flush();
             std::thread::sleep(Duration::from_millis(50));
             let _ = socket_linger_zero(conn);
+        }
+        Behavior::Stall { body, send, pause } => {
+            let _ = conn.write_all(head(200, &[], body.len()).as_bytes());
+            let _ = conn.write_all(&body[..send.min(body.len())]);
+            let _ = conn.flush();
+            std::thread::sleep(pause);
+            let _ = conn.write_all(&body[send.min(body.len())..]);
         }
         Behavior::Slow(d, inner) => {
             std::thread::sleep(d);

@@ -57,6 +57,11 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGKILL: no chance to clean up (`Child::kill` sends exactly that on Unix).
+    pub fn kill9(&mut self) {
+        self.stop();
+    }
 }
 
 fn require(path: &str) -> PathBuf {
