@@ -41,7 +41,11 @@ impl App {
         let refs = Arc::new(RefStore::open(dir)?);
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
-            let client = Arc::new(UpstreamClient::new(u.policy.clone())?);
+            let client = Arc::new(UpstreamClient::new(
+                u.policy.clone(),
+                &u.url,
+                u.kind == UpstreamKind::Oci,
+            )?);
             let source = match u.kind {
                 UpstreamKind::Helm => Source::Helm(Arc::new(HelmUpstream::new(
                     u.clone(),

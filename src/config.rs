@@ -86,6 +86,12 @@ pub struct RawUpstream {
     /// Never contact this upstream: serve what is cached. Default false.
     #[serde(default)]
     pub offline: bool,
+    /// Hosts besides the upstream's own that chart URLs may point at (`*.suffix` allowed).
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Allow chart URLs and redirects to private, loopback and link-local addresses.
+    #[serde(default)]
+    pub allow_private: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +354,8 @@ impl Config {
                 idle: dur(&u.timeouts.idle, "idle", 60)?,
                 retries: u.retries.unwrap_or(2).min(10),
                 offline: u.offline || raw.offline,
+                allow_hosts: u.allow_hosts.clone(),
+                allow_private: u.allow_private,
             };
             upstreams.push(Upstream {
                 name,

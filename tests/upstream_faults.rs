@@ -198,3 +198,44 @@ fn a_registry_answering_html_or_wrong_bytes_is_refused_and_nothing_is_cached() {
     assert!(!cache.join(wrong.hex()).exists());
     assert_eq!(get(&format!("{u}/healthz")).status(), 200);
 }
+
+/// The SSRF boundary: chart URLs in an index may name any host; chartbridge dials only the
+/// upstream's own host and `allow_hosts`, and never a private address of another host unless
+/// `allow_private` says so.
+#[test]
+fn chart_urls_to_other_hosts_and_private_addresses_are_refused_unless_allowed() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    let web = nginx(repo.dir.path());
+    // absolute URLs naming "localhost" (a different host than the configured 127.0.0.1)
+    repo.index(Some(&format!("http://localhost:{}", web.port)));
+    let mut idx = std::fs::read_to_string(repo.path("index.yaml")).unwrap();
+    idx = idx.replace("entries:\n", "entries:\n  meta:\n  - name: meta\n    version: 1.0.0\n    urls:\n    - http://169.254.169.254/latest/meta-data.tgz\n");
+    std::fs::write(repo.path("index.yaml"), idx).unwrap();
+    let base = helm_upstream("up", &web.url());
+    let archive = |b: &Proc, chart: &str, v: &str| {
+        get(&format!("{}/up/-/{chart}/{v}/{chart}-{v}.tgz", b.url()))
+    };
+
+    let strict = chartbridge(&base);
+    let r = archive(&strict, "demo", "0.1.0");
+    assert_eq!(r.status(), 502);
+    assert!(r.text().unwrap().contains("not in its allow_hosts"));
+    let r = archive(&strict, "meta", "1.0.0");
+    assert_eq!(r.status(), 502, "a metadata-service URL is never dialled");
+
+    let allowed_host = chartbridge(&format!("{base}    allow_hosts: [localhost]\n"));
+    let r = archive(&allowed_host, "demo", "0.1.0");
+    assert_eq!(r.status(), 502);
+    let body = r.text().unwrap();
+    assert!(
+        body.contains("private"),
+        "localhost resolves to loopback: {body}"
+    );
+
+    let open = chartbridge(&format!(
+        "{base}    allow_hosts: [localhost]\n    allow_private: true\n"
+    ));
+    let r = archive(&open, "demo", "0.1.0");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().to_vec(), repo.bytes("demo-0.1.0.tgz"));
+}

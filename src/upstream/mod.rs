@@ -11,6 +11,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+pub mod guard;
 pub mod registry;
 pub use registry::{OciChart, Registry, RegistryResponse, MANIFEST_ACCEPT};
 
@@ -44,6 +45,10 @@ pub struct Policy {
     pub retries: u32,
     /// Never contact the upstream: everything is answered from cache or refused.
     pub offline: bool,
+    /// Hosts besides the upstream's own that chart URLs and redirects may reach.
+    pub allow_hosts: Vec<String>,
+    /// Allow dialling private, loopback and link-local addresses of other hosts.
+    pub allow_private: bool,
 }
 
 impl Default for Policy {
@@ -54,6 +59,8 @@ impl Default for Policy {
             idle: Duration::from_secs(60),
             retries: 2,
             offline: false,
+            allow_hosts: Vec::new(),
+            allow_private: false,
         }
     }
 }
@@ -65,18 +72,32 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct UpstreamClient {
     http: reqwest::Client,
     policy: Policy,
+    guard: std::sync::Arc<guard::Guard>,
 }
 
 impl UpstreamClient {
-    pub fn new(policy: Policy) -> Result<UpstreamClient> {
+    /// The client of the upstream at `base`. `any_host`: registries redirect blobs to CDNs on
+    /// any host; chart repositories may only reach their own host and `allow_hosts`.
+    pub fn new(policy: Policy, base: &Url, any_host: bool) -> Result<UpstreamClient> {
+        let guard = std::sync::Arc::new(guard::Guard::new(
+            base,
+            &policy.allow_hosts,
+            policy.allow_private,
+            any_host,
+        ));
         let http = reqwest::Client::builder()
             .user_agent(concat!("chartbridge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(policy.connect)
             .read_timeout(policy.idle)
-            .redirect(reqwest::redirect::Policy::limited(10))
+            .redirect(guard.redirect_policy())
+            .dns_resolver(std::sync::Arc::new(guard::GuardedResolver(guard.clone())))
             .build()
             .map_err(|e| Error::internal(format!("cannot build HTTP client: {e}")))?;
-        Ok(UpstreamClient { http, policy })
+        Ok(UpstreamClient {
+            http,
+            policy,
+            guard,
+        })
     }
 
     pub fn policy(&self) -> &Policy {
@@ -92,6 +113,7 @@ impl UpstreamClient {
         req: reqwest::RequestBuilder,
         url: &Url,
     ) -> Result<reqwest::Response> {
+        self.guard.check_url(url)?;
         if self.policy.offline {
             return Err(Error::new(
                 crate::error::Kind::UpstreamOffline,
@@ -127,8 +149,12 @@ impl UpstreamClient {
                 }
                 Ok(Err(e)) => {
                     crate::metrics::upstream_request(label, "error");
-                    // A redirect loop or a bad URL does not get better by retrying.
-                    if retryable && !e.is_redirect() && !e.is_builder() {
+                    // A redirect loop, a bad URL or a guard refusal does not get better by retrying.
+                    if retryable
+                        && !e.is_redirect()
+                        && !e.is_builder()
+                        && guard_refusal(&e).is_none()
+                    {
                         tokio::time::sleep(backoff).await;
                         continue;
                     }
@@ -259,7 +285,29 @@ fn too_big(url: &Url, max: u64) -> Error {
 }
 
 pub(crate) fn unreachable_err(url: &Url, e: reqwest::Error) -> Error {
-    Error::upstream_unavailable(format!("{} unreachable: {e}", redact(url)))
+    // A refusal by our own guard (DNS to a private address) is the real reason: say it.
+    if let Some(refused) = guard_refusal(&e) {
+        return refused;
+    }
+    let mut msg = format!("{} unreachable: {e}", redact(url));
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Error::upstream_unavailable(msg)
+}
+
+/// The guard's own error inside a reqwest error chain, if that is why the request failed.
+fn guard_refusal(e: &reqwest::Error) -> Option<Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(ours) = s.downcast_ref::<Error>() {
+            return Some(ours.clone());
+        }
+        source = s.source();
+    }
+    None
 }
 
 pub(crate) fn status_err(url: &Url, status: u16) -> Error {
