@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::access::Access;
 use crate::cache::{BlobCache, DiskStore, MemoryStore, RefStore};
 use crate::config::Config;
 use crate::config::UpstreamKind;
@@ -187,9 +188,28 @@ impl App {
 
     async fn dispatch(&self, route: Route, req: &Request) -> Result<Response> {
         match route {
-            Route::ApiBase => Ok(views::oci::api_base(req)),
+            Route::ApiBase => {
+                // `helm registry login` and `docker login` check credentials here: challenge
+                // when some upstream needs them and none that any upstream accepts came along.
+                let protected: Vec<_> = self
+                    .config
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| u.access.as_ref())
+                    .collect();
+                let auth = req.authorization.as_deref();
+                let ok = match auth {
+                    None => protected.iter().all(|a| a.anonymous),
+                    Some(h) => protected.is_empty() || protected.iter().any(|a| a.valid(h)),
+                };
+                if !ok {
+                    return Err(Access::refuse(auth));
+                }
+                Ok(views::oci::api_base(req))
+            }
             Route::Oci { name, ns, op } => {
                 let (src, repo) = self.select(&name, ns.as_deref())?;
+                authorize(src, req)?;
                 match op {
                     OciOp::Tags { n, last } => {
                         views::oci::tags(src, &name, &repo, n, last.as_deref(), req).await
@@ -204,7 +224,9 @@ impl App {
                 }
             }
             Route::MirrorIndex { upstream, repo } => {
-                views::mirror::index(self.upstream(&upstream)?, repo.as_ref(), req).await
+                let src = self.upstream(&upstream)?;
+                authorize(src, req)?;
+                views::mirror::index(src, repo.as_ref(), req).await
             }
             Route::MirrorArchive {
                 upstream,
@@ -214,6 +236,7 @@ impl App {
                 prov,
             } => {
                 let src = self.upstream(&upstream)?;
+                authorize(src, req)?;
                 views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req).await
             }
             Route::Metrics => Ok(Response::new(200).with_body(
@@ -238,5 +261,13 @@ impl App {
                 ))
             }
         }
+    }
+}
+
+/// Refuses a request to a protected upstream without credentials it accepts.
+fn authorize(src: &Source, req: &Request) -> Result<()> {
+    match &src.config().access {
+        Some(a) => a.check(req.authorization.as_deref()),
+        None => Ok(()),
     }
 }

@@ -92,6 +92,20 @@ pub struct RawUpstream {
     /// Allow chart URLs and redirects to private, loopback and link-local addresses.
     #[serde(default)]
     pub allow_private: bool,
+    /// Who may read from this upstream through chartbridge. Default: anyone.
+    pub access: Option<RawAccess>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    /// htpasswd file with bcrypt entries (`htpasswd -B`).
+    pub htpasswd_file: Option<String>,
+    /// File of static bearer tokens, one a line.
+    pub tokens_file: Option<String>,
+    /// Whether requests without credentials are still served. Default false.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +182,8 @@ pub struct Upstream {
     pub charts: Vec<crate::ids::RepoName>,
     /// Timeouts, retries and offline mode.
     pub policy: crate::upstream::Policy,
+    /// Downstream access control; `None` means anonymous read.
+    pub access: Option<std::sync::Arc<crate::access::Access>>,
 }
 
 impl Upstream {
@@ -357,6 +373,23 @@ impl Config {
                 allow_hosts: u.allow_hosts.clone(),
                 allow_private: u.allow_private,
             };
+            let access = match &u.access {
+                Some(a) => {
+                    if a.htpasswd_file.is_none() && a.tokens_file.is_none() {
+                        return Err(err(format!(
+                            "{at}.access: give htpasswd_file and/or tokens_file"
+                        )));
+                    }
+                    let loaded = crate::access::Access::load(
+                        a.htpasswd_file.as_deref().map(std::path::Path::new),
+                        a.tokens_file.as_deref().map(std::path::Path::new),
+                        a.anonymous,
+                    )
+                    .map_err(|e| err(format!("{at}.access: {e}")))?;
+                    Some(std::sync::Arc::new(loaded))
+                }
+                None => None,
+            };
             upstreams.push(Upstream {
                 name,
                 kind,
@@ -367,6 +400,7 @@ impl Config {
                 credentials,
                 charts,
                 policy,
+                access,
             });
         }
         let default_upstream = match raw.default_upstream {

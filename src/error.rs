@@ -21,6 +21,8 @@ pub enum Kind {
     Unsupported,
     /// A malformed request (query, header).
     BadRequest,
+    /// Credentials are missing or wrong for a protected upstream.
+    Unauthorized,
     RangeNotSatisfiable,
     // The upstream answered badly.
     /// The upstream's bytes are wrong: digest mismatch, unparsable index, oversized body.

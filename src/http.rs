@@ -16,6 +16,8 @@ pub struct Request {
     pub query: Option<String>,
     pub range: Option<String>,
     pub if_none_match: Option<String>,
+    /// The `Authorization` header, for protected upstreams. Never logged.
+    pub authorization: Option<String>,
 }
 
 impl Request {
@@ -149,6 +151,7 @@ pub fn error_response(err: &Error, api: Api) -> Response {
         Kind::NotFound => (404, "NOT_FOUND"),
         Kind::Unsupported => (405, "UNSUPPORTED"),
         Kind::BadRequest => (400, "UNSUPPORTED"),
+        Kind::Unauthorized => (401, "UNAUTHORIZED"),
         Kind::RangeNotSatisfiable => (416, "RANGE_INVALID"),
         Kind::UpstreamInvalid => (502, "UPSTREAM_INVALID"),
         Kind::UpstreamUnavailable => (502, "UNAVAILABLE"),
@@ -159,6 +162,9 @@ pub fn error_response(err: &Error, api: Api) -> Response {
     let mut resp = Response::new(status);
     if let Some(secs) = err.retry_after() {
         resp = resp.header("Retry-After", secs.to_string());
+    }
+    if err.kind() == Kind::Unauthorized {
+        resp = resp.header("WWW-Authenticate", "Basic realm=\"chartbridge\"");
     }
     match api {
         Api::Oci => {

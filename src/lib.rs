@@ -25,8 +25,10 @@
 //! - `config`: YAML config in two stages (`RawConfig` -> validated `Config`), embedded default.
 //! - `ids`: typed identifiers (`Digest`, `RepoName`, `Tag`, `UpstreamName`).
 //! - `metrics`: every Prometheus metric, declared in one place.
+//! - `access`: downstream access control per upstream (htpasswd bcrypt, bearer tokens).
 //! - `error`: the domain error (kind + message, no HTTP status).
 
+pub mod access;
 pub mod app;
 pub mod cache;
 pub mod config;

@@ -58,6 +58,7 @@ impl HttpServerApp for Http {
                 query: h.uri.query().map(str::to_string),
                 range: header(&session, "range"),
                 if_none_match: header(&session, "if-none-match"),
+                authorization: header(&session, "authorization"),
             }
         };
         let resp = match self.only {

@@ -27,3 +27,13 @@ pub enum Source {
     Helm(std::sync::Arc<HelmUpstream>),
     Oci(std::sync::Arc<OciUpstream>),
 }
+
+impl Source {
+    /// The upstream's configuration.
+    pub fn config(&self) -> &crate::config::Upstream {
+        match self {
+            Source::Helm(h) => &h.config,
+            Source::Oci(o) => &o.config,
+        }
+    }
+}
