@@ -32,9 +32,8 @@ impl App {
         let dir = &config.cache.dir;
         let disk = DiskStore::open(dir, config.cache.max_disk_bytes)
             .await
-            .map_err(|e| {
-                Error::internal(format!("cannot open cache dir {}: {e}", dir.display()))
-            })?;
+            .map_err(|e| Error::internal(format!("cannot open cache dir {}: {e}", dir.display())))?
+            .with_verify_on_read(config.cache.verify_on_read);
         let blobs = Arc::new(BlobCache::new(
             MemoryStore::new(config.cache.max_memory_bytes),
             Arc::new(disk),

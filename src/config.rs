@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub listen: Option<String>,
     /// Optional second listener serving only `/metrics`, `/healthz` and `/readyz`.
     pub metrics_listen: Option<String>,
+    /// How long SIGTERM lets in-flight requests finish. Default `10s`.
+    pub shutdown_grace: Option<String>,
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
@@ -45,6 +47,9 @@ pub struct RawCache {
     pub max_disk_bytes: Option<String>,
     /// Memory tier budget. Default `256MiB`.
     pub max_memory_bytes: Option<String>,
+    /// Re-hash disk blobs before serving them. Default false.
+    #[serde(default)]
+    pub verify_on_read: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +212,7 @@ impl Upstream {
 
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
+    pub verify_on_read: bool,
     pub dir: PathBuf,
     pub max_disk_bytes: u64,
     pub max_memory_bytes: u64,
@@ -222,6 +228,7 @@ pub struct Limits {
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub shutdown_grace: Duration,
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
     pub cache: CacheConfig,
@@ -264,6 +271,7 @@ impl Config {
             None => Ok(default),
         };
         let cache = CacheConfig {
+            verify_on_read: raw.cache.verify_on_read,
             dir: PathBuf::from(raw.cache.dir.as_deref().unwrap_or("./chartbridge-data")),
             max_disk_bytes: size(&raw.cache.max_disk_bytes, "cache.max_disk_bytes", 10 << 30)?,
             max_memory_bytes: size(
@@ -423,7 +431,12 @@ impl Config {
             })?),
             None => None,
         };
+        let shutdown_grace = match raw.shutdown_grace.as_deref() {
+            Some(s) => parse_duration(s).map_err(|e| err(format!("shutdown_grace: {e}")))?,
+            None => Duration::from_secs(10),
+        };
         Ok(Config {
+            shutdown_grace,
             listen,
             metrics_listen,
             cache,

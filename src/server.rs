@@ -18,9 +18,6 @@ use bytes::Bytes;
 
 use crate::http::{Body, Request, Response};
 
-/// Seconds a SIGTERM waits for in-flight requests (pingora's default is 300).
-const GRACE_SECONDS: u64 = 10;
-
 struct Http {
     app: Arc<App>,
     /// The optional metrics listener answers only these paths.
@@ -150,8 +147,10 @@ pub fn run(app: App) -> ! {
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
-        grace_period_seconds: Some(GRACE_SECONDS),
-        graceful_shutdown_timeout_seconds: Some(GRACE_SECONDS),
+        // SIGTERM: stop accepting, let in-flight requests run for the grace period (pingora's
+        // default is 300 s), then give the runtimes a few seconds to wind down.
+        grace_period_seconds: Some(app.config().shutdown_grace.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(5),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -366,3 +366,45 @@ fn kill_9_mid_download_leaves_nothing_visible_and_the_restart_recovers() {
     let r = get(&format!("{}/v2/f/img/blobs/{d}", second.url()));
     assert_eq!(r.bytes().unwrap().to_vec(), good);
 }
+
+/// SIGTERM: in-flight downloads finish within `shutdown_grace`, then the process exits.
+#[test]
+fn sigterm_drains_in_flight_downloads_then_exits() {
+    let (good, d) = blob();
+    let fake = FaultServer::start();
+    fake.route(
+        &format!("/v2/img/blobs/{d}"),
+        vec![Behavior::Stall {
+            body: good.clone(),
+            send: good.len() / 2,
+            pause: Duration::from_millis(1500),
+        }],
+    );
+    let mut bridge = chartbridge_with(
+        &oci_upstream("f", &fake.url(), ""),
+        "shutdown_grace: 4s\n",
+        None,
+    );
+    let url = format!("{}/v2/f/img/blobs/{d}", bridge.url());
+    let reader = std::thread::spawn(move || get(&url).bytes().map(|b| b.to_vec()));
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &bridge.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let body = reader
+        .join()
+        .unwrap()
+        .expect("the in-flight download completes");
+    assert_eq!(body, good, "drained, not cut");
+    assert!(
+        bridge.wait_exit(Duration::from_secs(12)),
+        "exits after the grace period"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(3),
+        "waited for the grace period"
+    );
+}

@@ -22,7 +22,13 @@ use crate::ids::Digest;
 struct Entry {
     size: u64,
     last_use: u64,
+    /// When this process last wrote the access time to the file's mtime (recency that
+    /// survives a restart), throttled to once per `MTIME_EVERY`.
+    mtime_written: Option<std::time::Instant>,
 }
+
+/// How often a read refreshes a blob's file mtime.
+const MTIME_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Default)]
 struct State {
@@ -35,6 +41,7 @@ pub struct DiskStore {
     root: PathBuf,
     max_bytes: u64,
     state: Arc<Mutex<State>>,
+    verify_on_read: bool,
 }
 
 impl DiskStore {
@@ -50,6 +57,7 @@ impl DiskStore {
             root,
             max_bytes,
             state: Arc::new(Mutex::new(state)),
+            verify_on_read: false,
         })
     }
 
@@ -62,13 +70,40 @@ impl DiskStore {
         self.state.lock().expect("disk state poisoned").used
     }
 
-    fn touch(&self, d: &Digest) {
+    /// Marks a blob used; returns whether its file mtime should be refreshed now.
+    fn touch(&self, d: &Digest) -> bool {
         let mut st = self.state.lock().expect("disk state poisoned");
         st.clock += 1;
         let now = st.clock;
-        if let Some(e) = st.entries.get_mut(d) {
-            e.last_use = now;
+        match st.entries.get_mut(d) {
+            Some(e) => {
+                e.last_use = now;
+                let due = e.mtime_written.is_none_or(|t| t.elapsed() >= MTIME_EVERY);
+                if due {
+                    e.mtime_written = Some(std::time::Instant::now());
+                }
+                due
+            }
+            None => false,
         }
+    }
+
+    /// Re-hash blobs read from disk before serving them (`cache.verify_on_read`).
+    pub fn with_verify_on_read(mut self, on: bool) -> DiskStore {
+        self.verify_on_read = on;
+        self
+    }
+
+    /// Forgets a blob whose file no longer matches its digest.
+    async fn quarantine(&self, d: &Digest) {
+        {
+            let mut st = self.state.lock().expect("disk state poisoned");
+            if let Some(e) = st.entries.remove(d) {
+                st.used -= e.size;
+            }
+        }
+        let _ = tokio::fs::remove_file(self.blob_path(d)).await;
+        tracing::error!(digest = %d, "cached blob does not match its digest; removed, will refetch");
     }
 }
 
@@ -86,6 +121,7 @@ async fn admit(root: &Path, state: &Mutex<State>, max_bytes: u64, d: &Digest, si
                 Entry {
                     size,
                     last_use: now,
+                    mtime_written: None,
                 },
             )
             .is_none()
@@ -268,6 +304,7 @@ fn scan(root: &Path) -> Result<State> {
             Entry {
                 size,
                 last_use: st.clock,
+                mtime_written: None,
             },
         );
     }
@@ -320,16 +357,15 @@ impl BlobStore for DiskStore {
     }
 
     async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
-        if self.stat(d).await?.is_none() {
-            return Ok(None);
-        }
-        match tokio::fs::read(self.blob_path(d)).await {
-            Ok(b) => {
-                self.touch(d);
-                Ok(Some(Bytes::from(b)))
+        match self.read(d).await? {
+            Some(BlobData::File(mut f, size)) => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::with_capacity(size as usize);
+                f.read_to_end(&mut buf).await?;
+                Ok(Some(Bytes::from(buf)))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            Some(BlobData::Bytes(b)) => Ok(Some(b)),
+            None => Ok(None),
         }
     }
 
@@ -364,14 +400,48 @@ impl BlobStore for DiskStore {
         let Some(size) = self.stat(d).await? else {
             return Ok(None);
         };
-        match tokio::fs::File::open(self.blob_path(d)).await {
-            Ok(f) => {
-                self.touch(d);
-                Ok(Some(BlobData::File(f, size)))
+        let f = match tokio::fs::File::open(self.blob_path(d)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if self.verify_on_read {
+            let std_file = f.try_clone().await?.into_std().await;
+            let expected = d.clone();
+            let ok = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                use std::io::Read;
+                let mut hasher = Sha256::new();
+                let mut r = std::io::BufReader::with_capacity(1 << 20, std_file);
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                Ok(Digest::from_hasher(hasher) == expected)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("verify task failed: {e}")))??;
+            if !ok {
+                self.quarantine(d).await;
+                return Ok(None);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
         }
+        if self.touch(d) {
+            // Persist recency in the mtime, so LRU order survives a restart.
+            let std_file = f.try_clone().await?.into_std().await;
+            tokio::task::spawn_blocking(move || {
+                let _ = std_file.set_modified(std::time::SystemTime::now());
+            });
+        }
+        let mut f = f;
+        {
+            use tokio::io::AsyncSeekExt;
+            f.seek(std::io::SeekFrom::Start(0)).await?;
+        }
+        Ok(Some(BlobData::File(f, size)))
     }
 
     async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
@@ -449,6 +519,54 @@ mod tests {
         let e = Box::new(w).commit().await.unwrap_err();
         assert!(e.message().contains("not cached"), "{e}");
         assert_eq!(store.stat(&d).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn verify_on_read_removes_a_corrupted_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20)
+            .await
+            .unwrap()
+            .with_verify_on_read(true);
+        let b = Bytes::from_static(b"the real bytes");
+        let d = Digest::of(&b);
+        store.put(&d, b.clone()).await.unwrap();
+        assert_eq!(store.get(&d).await.unwrap(), Some(b));
+        std::fs::write(dir.path().join("sha256").join(d.hex()), b"bit rot!").unwrap();
+        assert_eq!(
+            store.get(&d).await.unwrap(),
+            None,
+            "treated as a miss, so it is refetched"
+        );
+        assert!(!dir.path().join("sha256").join(d.hex()).exists());
+        assert_eq!(store.used_bytes(), 0);
+    }
+
+    /// Reads refresh the file mtime, so the LRU order survives a restart.
+    #[tokio::test]
+    async fn recency_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 10])).collect();
+        let ds: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
+        {
+            let store = DiskStore::open(dir.path(), 1 << 20).await.unwrap();
+            store.put(&ds[0], blobs[0].clone()).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            store.put(&ds[1], blobs[1].clone()).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            store.get(&ds[0]).await.unwrap(); // 0 is now the most recently used
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let store = DiskStore::open(dir.path(), 25).await.unwrap();
+        store.put(&ds[2], blobs[2].clone()).await.unwrap();
+        assert!(
+            store.stat(&ds[0]).await.unwrap().is_some(),
+            "read before the restart: kept"
+        );
+        assert!(
+            store.stat(&ds[1]).await.unwrap().is_none(),
+            "least recently used: evicted"
+        );
     }
 
     #[tokio::test]
