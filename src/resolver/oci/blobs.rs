@@ -1,0 +1,200 @@
+//! Blobs of an OCI upstream: served from cache; a cold GET streams to its first client while
+//! it is verified and written to disk (the last chunk waits for the digest check, so a wrong
+//! blob never completes), concurrent cold requests share that one fetch, and failures are
+//! remembered briefly (negative cache). A disk that refuses the write does not fail the client.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BlobAnswer, OciUpstream};
+use crate::error::{Error, Kind, Result};
+use crate::ids::{Digest, RepoName};
+use crate::upstream::redact;
+
+impl OciUpstream {
+    /// A blob: from cache; HEAD of a cold blob asks the upstream for its length; a cold GET is
+    /// streamed to the first client while it is verified and written to disk. Concurrent cold
+    /// requests share that one fetch and are served from cache when it completes.
+    pub async fn blob(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+        head: bool,
+        range: bool,
+    ) -> Result<BlobAnswer> {
+        if let Some(data) = self.blobs.read(d).await? {
+            return Ok(BlobAnswer::Data(data));
+        }
+        let up = self.upstream_repo(repo);
+        if head {
+            let r = self
+                .registry
+                .request(reqwest::Method::HEAD, &up, &format!("blobs/{d}"), "*/*")
+                .await?;
+            return match (r.status, r.content_length()) {
+                (200, Some(n)) => Ok(BlobAnswer::Head(n)),
+                (404, _) => Err(Error::new(
+                    Kind::BlobUnknown,
+                    format!("blob {d} unknown upstream"),
+                )),
+                (s, _) => Err(Error::upstream_invalid(format!(
+                    "{} answered HTTP {s} without a length",
+                    redact(r.url())
+                ))),
+            };
+        }
+        let failure_key = format!("blob\0{d}");
+        // A follower whose leader could not cache (full disk) tries once more as a leader.
+        for _ in 0..2 {
+            if let Some(e) = self.failures.get(&failure_key).await {
+                return Err(e);
+            }
+            let (len_tx, len_rx) = oneshot::channel();
+            let (tx, rx) = mpsc::channel(16);
+            let this = self.clone();
+            let (dd, r, key) = (d.clone(), up.clone(), failure_key.clone());
+            let (leader, done) = self.blob_flight.start(d.clone(), async move {
+                let result = this.fetch_blob(&r, &dd, len_tx, tx).await;
+                if let Err(e) = &result {
+                    this.remember_failure(key, e).await;
+                }
+                result
+            });
+            if leader && !range {
+                match len_rx.await {
+                    Ok(Ok(len)) => return Ok(BlobAnswer::Stream(len, rx)),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {} // the fetch ended before it had a length; its result says why
+                }
+            }
+            done.await?;
+            if let Some(data) = self.blobs.read(d).await? {
+                return Ok(BlobAnswer::Data(data));
+            }
+        }
+        Err(Error::internal(format!(
+            "blob {d} was fetched but could not be cached"
+        )))
+    }
+
+    /// Remembers a failed upstream fetch for `NEGATIVE_TTL`, so a failing upstream is not asked
+    /// again by every client at once. Offline refusals and internal errors are not remembered.
+    pub(super) async fn remember_failure(&self, key: String, e: &Error) {
+        if e.is_upstream() && e.kind() != Kind::UpstreamOffline
+            || matches!(e.kind(), Kind::BlobUnknown | Kind::ManifestUnknown)
+        {
+            self.failures.insert(key, e.clone()).await;
+        }
+    }
+
+    async fn fetch_blob(
+        &self,
+        repo: &str,
+        d: &Digest,
+        len_tx: oneshot::Sender<Result<u64>>,
+        tx: mpsc::Sender<Result<Bytes>>,
+    ) -> Result<()> {
+        let start = async {
+            let r = self
+                .registry
+                .request(reqwest::Method::GET, repo, &format!("blobs/{d}"), "*/*")
+                .await?;
+            match r.status {
+                200 => {}
+                404 => {
+                    return Err(Error::new(
+                        Kind::BlobUnknown,
+                        format!("blob {d} unknown upstream"),
+                    ))
+                }
+                s => {
+                    return Err(Error::upstream_invalid(format!(
+                        "{} answered HTTP {s}",
+                        redact(r.url())
+                    )))
+                }
+            }
+            let len = r.content_length().ok_or_else(|| {
+                Error::upstream_invalid(format!("{} sent no Content-Length", redact(r.url())))
+            })?;
+            if len > self.limits.max_blob_bytes {
+                return Err(Error::upstream_invalid(format!(
+                    "blob {d} is {len} bytes, over the {} byte limit",
+                    self.limits.max_blob_bytes
+                )));
+            }
+            Ok((r, len))
+        }
+        .await;
+        let (resp, len) = match start {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = len_tx.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let _ = len_tx.send(Ok(len));
+        let mut writer = self.blobs.begin(d).await?;
+        let mut stream = resp.into_stream();
+        let mut held: Option<Bytes> = None;
+        let mut got = 0u64;
+        let mut client = true;
+        let fail = |e: Error, tx: &mpsc::Sender<Result<Bytes>>| {
+            let _ = tx.try_send(Err(e.clone()));
+            Err(e)
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    return fail(
+                        Error::upstream_unavailable(format!("blob {d}: upstream body failed: {e}")),
+                        &tx,
+                    )
+                }
+            };
+            got += chunk.len() as u64;
+            if got > len {
+                return fail(
+                    Error::upstream_invalid(format!(
+                        "blob {d}: upstream sent more than its length"
+                    )),
+                    &tx,
+                );
+            }
+            if let Err(e) = writer.write(&chunk).await {
+                return fail(e, &tx);
+            }
+            // Hold the newest chunk back: the client gets it only after the digest checks.
+            if let Some(prev) = held.replace(chunk) {
+                if client && tx.send(Ok(prev)).await.is_err() {
+                    client = false; // keep filling the cache for the next client
+                }
+            }
+        }
+        if got != len {
+            return fail(
+                Error::upstream_unavailable(format!(
+                    "blob {d}: upstream body ended after {got} of {len} bytes"
+                )),
+                &tx,
+            );
+        }
+        // Verified bytes may go to the client before the durable commit (fsync, rename).
+        if let Err(e) = writer.verify() {
+            return fail(e, &tx);
+        }
+        if let (true, Some(last)) = (client, held) {
+            let _ = tx.send(Ok(last)).await;
+        }
+        drop(tx);
+        if let Err(e) = writer.commit().await {
+            // The client got verified bytes; only the cache missed out (e.g. a full disk).
+            tracing::warn!(digest = %d, error = %e, "blob served but not cached");
+        }
+        Ok(())
+    }
+}
