@@ -332,20 +332,21 @@ impl HelmUpstream {
             .map_err(|e| Error::upstream_invalid(format!("index URL {first:?} is invalid: {e}")))
     }
 
+    /// One index entry, or NotFound.
+    async fn entry(self: &Arc<Self>, chart: &str, version: &str) -> Result<ChartVersion> {
+        let state = self.index().await?;
+        state.index.find(chart, version).cloned().ok_or_else(|| {
+            Error::new(
+                Kind::NotFound,
+                format!("no chart {chart} {version} upstream"),
+            )
+        })
+    }
+
     /// The chart archive bytes, verified against the index digest when the index has one.
     /// Served from cache without touching the upstream once fetched.
     pub async fn archive(self: &Arc<Self>, chart: &str, version: &str) -> Result<(Bytes, Digest)> {
-        let state = self.index().await?;
-        let entry = state
-            .index
-            .find(chart, version)
-            .ok_or_else(|| {
-                Error::new(
-                    Kind::NotFound,
-                    format!("no chart {chart} {version} upstream"),
-                )
-            })?
-            .clone();
+        let entry = self.entry(chart, version).await?;
         let url = self.chart_url(&entry)?;
         let expected = match entry.digest.as_str() {
             "" => None,
@@ -422,17 +423,7 @@ impl HelmUpstream {
                 return Ok(Some((b, d)));
             }
         }
-        let state = self.index().await?;
-        let entry = state
-            .index
-            .find(chart, version)
-            .ok_or_else(|| {
-                Error::new(
-                    Kind::NotFound,
-                    format!("no chart {chart} {version} upstream"),
-                )
-            })?
-            .clone();
+        let entry = self.entry(chart, version).await?;
         let url = self.chart_url(&entry)?;
         let prov = if url.starts_with("oci://") {
             self.pull_oci(&url, &entry.version, self.limits.max_chart_bytes)

@@ -24,7 +24,7 @@ use crate::convert::version;
 use crate::error::{Error, Kind, Result};
 use crate::http::BlobData;
 use crate::ids::{Digest, Reference, RepoName};
-use crate::upstream::{redact, Registry, MANIFEST_ACCEPT};
+use crate::upstream::{Registry, MANIFEST_ACCEPT};
 
 /// Largest manifest or tag-list page we accept.
 const MAX_MANIFEST: u64 = 4 << 20;
@@ -171,21 +171,12 @@ impl OciUpstream {
                 .registry
                 .request(reqwest::Method::GET, repo, &tail, "application/json")
                 .await?;
-            match r.status {
-                200 => {}
-                404 => {
-                    return Err(Error::new(
-                        Kind::NameUnknown,
-                        format!("repository {repo:?} unknown upstream"),
-                    ))
-                }
-                s => {
-                    return Err(Error::upstream_invalid(format!(
-                        "{} answered HTTP {s}",
-                        redact(r.url())
-                    )))
-                }
-            }
+            r.require_ok(|| {
+                Error::new(
+                    Kind::NameUnknown,
+                    format!("repository {repo:?} unknown upstream"),
+                )
+            })?;
             let next = r.header("link").and_then(next_last);
             let body = r.bytes(MAX_MANIFEST).await?;
             let page: Page = serde_json::from_slice(&body).map_err(|e| {
@@ -312,21 +303,12 @@ impl OciUpstream {
                 MANIFEST_ACCEPT,
             )
             .await?;
-        match r.status {
-            200 => {}
-            404 => {
-                return Err(Error::new(
-                    Kind::ManifestUnknown,
-                    format!("{repo}:{tag} unknown upstream"),
-                ))
-            }
-            s => {
-                return Err(Error::upstream_invalid(format!(
-                    "{} answered HTTP {s}",
-                    redact(r.url())
-                )))
-            }
-        }
+        r.require_ok(|| {
+            Error::new(
+                Kind::ManifestUnknown,
+                format!("{repo}:{tag} unknown upstream"),
+            )
+        })?;
         if let Some(d) = r
             .header("docker-content-digest")
             .and_then(|h| h.parse().ok())
@@ -349,21 +331,12 @@ impl OciUpstream {
                 MANIFEST_ACCEPT,
             )
             .await?;
-        match r.status {
-            200 => {}
-            404 => {
-                return Err(Error::new(
-                    Kind::ManifestUnknown,
-                    format!("{repo}:{tag} unknown upstream"),
-                ))
-            }
-            s => {
-                return Err(Error::upstream_invalid(format!(
-                    "{} answered HTTP {s}",
-                    redact(r.url())
-                )))
-            }
-        }
+        r.require_ok(|| {
+            Error::new(
+                Kind::ManifestUnknown,
+                format!("{repo}:{tag} unknown upstream"),
+            )
+        })?;
         let media_type = r.header("content-type").map(str::to_string);
         let claimed: Option<Digest> = r
             .header("docker-content-digest")
@@ -450,21 +423,12 @@ impl OciUpstream {
                         MANIFEST_ACCEPT,
                     )
                     .await?;
-                match resp.status {
-                    200 => {}
-                    404 => {
-                        return Err(Error::new(
-                            Kind::ManifestUnknown,
-                            format!("manifest {dd} unknown upstream"),
-                        ))
-                    }
-                    s => {
-                        return Err(Error::upstream_invalid(format!(
-                            "{} answered HTTP {s}",
-                            redact(resp.url())
-                        )))
-                    }
-                }
+                resp.require_ok(|| {
+                    Error::new(
+                        Kind::ManifestUnknown,
+                        format!("manifest {dd} unknown upstream"),
+                    )
+                })?;
                 let ct = resp.header("content-type").map(str::to_string);
                 let bytes = resp.bytes(MAX_MANIFEST).await?;
                 let actual = Digest::of(&bytes);

@@ -64,6 +64,18 @@ impl RegistryResponse {
     pub fn url(&self) -> &Url {
         &self.url
     }
+
+    /// Requires a 200: a 404 becomes `unknown()`, anything else an upstream error.
+    pub fn require_ok(&self, unknown: impl FnOnce() -> Error) -> Result<()> {
+        match self.status {
+            200 => Ok(()),
+            404 => Err(unknown()),
+            s => Err(Error::upstream_invalid(format!(
+                "{} answered HTTP {s}",
+                redact(&self.url)
+            ))),
+        }
+    }
 }
 
 pub struct OciChart {

@@ -102,21 +102,7 @@ impl OciUpstream {
                 .registry
                 .request(reqwest::Method::GET, repo, &format!("blobs/{d}"), "*/*")
                 .await?;
-            match r.status {
-                200 => {}
-                404 => {
-                    return Err(Error::new(
-                        Kind::BlobUnknown,
-                        format!("blob {d} unknown upstream"),
-                    ))
-                }
-                s => {
-                    return Err(Error::upstream_invalid(format!(
-                        "{} answered HTTP {s}",
-                        redact(r.url())
-                    )))
-                }
-            }
+            r.require_ok(|| Error::new(Kind::BlobUnknown, format!("blob {d} unknown upstream")))?;
             let len = r.content_length().ok_or_else(|| {
                 Error::upstream_invalid(format!("{} sent no Content-Length", redact(r.url())))
             })?;
