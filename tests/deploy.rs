@@ -82,21 +82,12 @@ fn chartbridge_serves_its_own_chart_over_oci() {
     let bridge = chartbridge(&helm_upstream("self", &web.url()));
     let out = tempfile::tempdir().unwrap();
     for v in HELM_VERSIONS {
-        Helm::new(v).run(&[
-            "pull",
-            &format!("oci://{}/self/chartbridge", bridge.host()),
-            "--version",
-            "0.1.0",
-            "--plain-http",
-            "-d",
-            out.path().to_str().unwrap(),
-        ]);
+        let from = format!("{}/self/chartbridge", bridge.host());
         assert_eq!(
-            std::fs::read(out.path().join("chartbridge-0.1.0.tgz")).unwrap(),
+            Helm::new(v).pull_oci(&from, "0.1.0", out.path(), "chartbridge-0.1.0.tgz"),
             std::fs::read(site.path().join("chartbridge-0.1.0.tgz")).unwrap(),
             "helm {v}"
         );
-        std::fs::remove_file(out.path().join("chartbridge-0.1.0.tgz")).unwrap();
     }
     let rendered = helm.run(&[
         "template",

@@ -137,18 +137,9 @@ fn oci_urls_in_an_index_are_followed() {
     let web = nginx(site.path());
     let bridge = chartbridge(&helm_upstream("bitnamiish", &web.url()));
     let out = tempfile::tempdir().unwrap();
-    let out_s = out.path().to_str().unwrap();
-    helm.run(&[
-        "pull",
-        &format!("oci://{}/bitnamiish/demo", bridge.host()),
-        "--version",
-        "0.1.0",
-        "--plain-http",
-        "-d",
-        out_s,
-    ]);
+    let from = format!("{}/bitnamiish/demo", bridge.host());
     assert_eq!(
-        std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+        helm.pull_oci(&from, "0.1.0", out.path(), "demo-0.1.0.tgz"),
         original
     );
     let archive = get(&format!(

@@ -66,17 +66,9 @@ fn helm_charts_in_a_registry_pull_through_byte_identical() {
         );
         for v in HELM_VERSIONS {
             let out = tempfile::tempdir().unwrap();
-            Helm::new(v).run(&[
-                "pull",
-                &format!("oci://{}/reg/{ns}/demo", bridge.host()),
-                "--version",
-                "0.1.0",
-                "--plain-http",
-                "-d",
-                out.path().to_str().unwrap(),
-            ]);
+            let from = format!("{}/reg/{ns}/demo", bridge.host());
             assert_eq!(
-                std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+                Helm::new(v).pull_oci(&from, "0.1.0", out.path(), "demo-0.1.0.tgz"),
                 repo.bytes("demo-0.1.0.tgz"),
                 "pushed by {pusher}, pulled by {v}"
             );

@@ -293,15 +293,16 @@ impl OciUpstream {
         }
     }
 
-    async fn head_tag(self: &Arc<Self>, repo: &str, tag: &str) -> Result<Digest> {
+    /// A HEAD or GET of `manifests/<tag>` that must answer 200.
+    async fn tag_request(
+        &self,
+        method: reqwest::Method,
+        repo: &str,
+        tag: &str,
+    ) -> Result<crate::upstream::RegistryResponse> {
         let r = self
             .registry
-            .request(
-                reqwest::Method::HEAD,
-                repo,
-                &format!("manifests/{tag}"),
-                MANIFEST_ACCEPT,
-            )
+            .request(method, repo, &format!("manifests/{tag}"), MANIFEST_ACCEPT)
             .await?;
         r.require_ok(|| {
             Error::new(
@@ -309,6 +310,11 @@ impl OciUpstream {
                 format!("{repo}:{tag} unknown upstream"),
             )
         })?;
+        Ok(r)
+    }
+
+    async fn head_tag(self: &Arc<Self>, repo: &str, tag: &str) -> Result<Digest> {
+        let r = self.tag_request(reqwest::Method::HEAD, repo, tag).await?;
         if let Some(d) = r
             .header("docker-content-digest")
             .and_then(|h| h.parse().ok())
@@ -322,21 +328,7 @@ impl OciUpstream {
     /// GETs a manifest by tag, stores it by the digest of its bytes (checked against the
     /// registry's `Docker-Content-Digest` when it sends one) and returns that digest.
     async fn get_tag(self: &Arc<Self>, repo: &str, tag: &str) -> Result<Digest> {
-        let r = self
-            .registry
-            .request(
-                reqwest::Method::GET,
-                repo,
-                &format!("manifests/{tag}"),
-                MANIFEST_ACCEPT,
-            )
-            .await?;
-        r.require_ok(|| {
-            Error::new(
-                Kind::ManifestUnknown,
-                format!("{repo}:{tag} unknown upstream"),
-            )
-        })?;
+        let r = self.tag_request(reqwest::Method::GET, repo, tag).await?;
         let media_type = r.header("content-type").map(str::to_string);
         let claimed: Option<Digest> = r
             .header("docker-content-digest")

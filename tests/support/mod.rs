@@ -232,6 +232,24 @@ impl Helm {
         }
     }
 
+    /// `helm pull oci://<from> --version <v> --plain-http -d <dest>`, returning the bytes of
+    /// the pulled archive named `file`.
+    pub fn pull_oci(&self, from: &str, version: &str, dest: &Path, file: &str) -> Vec<u8> {
+        self.run(&[
+            "pull",
+            &format!("oci://{from}"),
+            "--version",
+            version,
+            "--plain-http",
+            "-d",
+            dest.to_str().unwrap(),
+        ]);
+        let path = dest.join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(path).unwrap();
+        bytes
+    }
+
     pub fn try_run(&self, args: &[&str]) -> Result<String, String> {
         let h = self.home.path();
         let out = Command::new(&self.bin)
