@@ -104,7 +104,9 @@ fn concurrent_cold_misses_make_one_upstream_request() {
     let repo = ChartRepo::new(&[("demo", "0.1.0")]);
     repo.index(None);
     let web = nginx(repo.dir.path());
-    let bridge = chartbridge(&helm_upstream("up", &web.url()));
+    // a long index_ttl: a refresh during the test would be a second (legitimate) index request
+    let ups = helm_upstream("up", &web.url()).replace("index_ttl: 1s", "index_ttl: 5m");
+    let bridge = chartbridge(&ups);
     let digest = chartbridge::ids::Digest::of(&repo.bytes("demo-0.1.0.tgz"));
     let urls = [
         format!("{}/v2/up/demo/blobs/{digest}", bridge.url()),
