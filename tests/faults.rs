@@ -408,3 +408,84 @@ fn sigterm_drains_in_flight_downloads_then_exits() {
         "waited for the grace period"
     );
 }
+
+/// Concurrent cold requests for one blob make one upstream request, and the followers stream
+/// the bytes as they arrive instead of waiting for the whole blob: while the upstream stalls
+/// halfway, every client already holds a good part of the body.
+#[test]
+fn followers_stream_a_shared_cold_fetch_as_it_arrives() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let (good, d) = blob();
+    let fake = FaultServer::start();
+    let path = format!("/v2/img/blobs/{d}");
+    fake.route(
+        &path,
+        vec![Behavior::Stall {
+            body: good.clone(),
+            send: good.len() / 2,
+            pause: Duration::from_secs(6),
+        }],
+    );
+    let bridge = bridge_for(&fake, "");
+    let clients = 4;
+    let progress: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..clients).map(|_| AtomicUsize::new(0)).collect());
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            let (port, progress, target) = (
+                bridge.port,
+                progress.clone(),
+                format!("/v2/f/img/blobs/{d}"),
+            );
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                write!(
+                    s,
+                    "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut all = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    all.extend_from_slice(&buf[..n]);
+                    let body = all
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|p| all.len() - p - 4);
+                    progress[i].store(body.unwrap_or(0), Ordering::SeqCst);
+                }
+                let p = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                all.split_off(p + 4)
+            })
+        })
+        .collect();
+    // while the upstream is stalled (6 s), every client gets at least a quarter of the blob
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && progress
+            .iter()
+            .any(|p| p.load(Ordering::SeqCst) < good.len() / 4)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen: Vec<usize> = progress.iter().map(|p| p.load(Ordering::SeqCst)).collect();
+    assert!(
+        seen.iter().all(|&n| n >= good.len() / 4 && n < good.len()),
+        "bytes before the stall ended: {seen:?}"
+    );
+    for h in handles {
+        assert_eq!(
+            h.join().unwrap(),
+            good,
+            "every client gets the whole, correct blob"
+        );
+    }
+    assert_eq!(fake.hits(&path), 1, "one upstream request");
+}

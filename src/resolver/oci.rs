@@ -62,6 +62,8 @@ pub struct OciUpstream {
     built_indexes: moka::future::Cache<String, BuiltIndex>,
     /// Recent upstream failures, answered again without asking for `NEGATIVE_TTL`.
     failures: moka::future::Cache<String, Error>,
+    /// In-flight blob fetches whose bytes followers can stream.
+    tees: std::sync::Mutex<std::collections::HashMap<Digest, Arc<blobs::Tee>>>,
 }
 
 impl OciUpstream {
@@ -98,6 +100,7 @@ impl OciUpstream {
             manifest_flight: Flight::default(),
             blob_flight: Flight::default(),
             index_entries: moka::future::Cache::builder().max_capacity(100_000).build(),
+            tees: Default::default(),
             failures: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(NEGATIVE_TTL)

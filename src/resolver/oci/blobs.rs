@@ -14,6 +14,79 @@ use crate::error::{Error, Kind, Result};
 use crate::ids::{Digest, RepoName};
 use crate::upstream::redact;
 
+/// Largest blob whose bytes are kept in memory during its fetch, so that concurrent requests
+/// stream them as they arrive; bigger blobs make followers wait for the fetch to finish.
+const TEE_MAX: u64 = 64 << 20;
+
+/// The bytes of one in-flight fetch, readable from the start by any number of followers.
+pub(super) struct Tee {
+    len: u64,
+    state: std::sync::Mutex<TeeState>,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct TeeState {
+    chunks: Vec<Bytes>,
+    finished: Option<Result<()>>,
+}
+
+impl Tee {
+    fn new(len: u64) -> Tee {
+        Tee {
+            len,
+            state: Default::default(),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Verified-so-far bytes (the fetch holds its last chunk back until the digest checks).
+    fn push(&self, chunk: Bytes) {
+        self.state.lock().expect("tee poisoned").chunks.push(chunk);
+        self.notify.notify_waiters();
+    }
+
+    fn finish(&self, result: Result<()>) {
+        self.state.lock().expect("tee poisoned").finished = Some(result);
+        self.notify.notify_waiters();
+    }
+
+    /// A channel of every chunk from the first, ending with the fetch (an error aborts it).
+    fn reader(self: Arc<Self>) -> mpsc::Receiver<Result<Bytes>> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let notified = self.notify.notified();
+                let (ready, finished) = {
+                    let st = self.state.lock().expect("tee poisoned");
+                    (st.chunks[next..].to_vec(), st.finished.clone())
+                };
+                for c in ready {
+                    next += 1;
+                    if tx.send(Ok(c)).await.is_err() {
+                        return;
+                    }
+                }
+                match finished {
+                    Some(Ok(()))
+                        if next == self.state.lock().expect("tee poisoned").chunks.len() =>
+                    {
+                        return
+                    }
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    _ => {}
+                }
+                notified.await;
+            }
+        });
+        rx
+    }
+}
+
 impl OciUpstream {
     /// A blob: from cache; HEAD of a cold blob asks the upstream for its length; a cold GET is
     /// streamed to the first client while it is verified and written to disk. Concurrent cold
@@ -70,7 +143,24 @@ impl OciUpstream {
                     Err(_) => {} // the fetch ended before it had a length; its result says why
                 }
             }
-            done.await?;
+            // A follower streams the leader's bytes as they arrive when the fetch keeps them
+            // (blobs up to TEE_MAX); otherwise it waits for the fetch and reads the cache.
+            let mut done = done;
+            loop {
+                if !range {
+                    let tee = self.tees.lock().expect("tees poisoned").get(d).cloned();
+                    if let Some(tee) = tee {
+                        return Ok(BlobAnswer::Stream(tee.len, tee.reader()));
+                    }
+                }
+                tokio::select! {
+                    r = &mut done => {
+                        r?;
+                        break;
+                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                }
+            }
             if let Some(data) = self.blobs.read(d).await? {
                 return Ok(BlobAnswer::Data(data));
             }
@@ -123,6 +213,31 @@ impl OciUpstream {
             }
         };
         let _ = len_tx.send(Ok(len));
+        // Concurrent requests for this blob read the same bytes as they arrive.
+        let tee = (len <= TEE_MAX).then(|| {
+            let t = Arc::new(Tee::new(len));
+            self.tees
+                .lock()
+                .expect("tees poisoned")
+                .insert(d.clone(), t.clone());
+            t
+        });
+        let result = self.stream_blob(resp, d, len, tx, tee.as_deref()).await;
+        if let Some(t) = &tee {
+            t.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
+            self.tees.lock().expect("tees poisoned").remove(d);
+        }
+        result
+    }
+
+    async fn stream_blob(
+        &self,
+        resp: crate::upstream::RegistryResponse,
+        d: &Digest,
+        len: u64,
+        tx: mpsc::Sender<Result<Bytes>>,
+        tee: Option<&Tee>,
+    ) -> Result<()> {
         let mut writer = self.blobs.begin(d).await?;
         let mut stream = resp.into_stream();
         let mut held: Option<Bytes> = None;
@@ -156,6 +271,9 @@ impl OciUpstream {
             }
             // Hold the newest chunk back: the client gets it only after the digest checks.
             if let Some(prev) = held.replace(chunk) {
+                if let Some(t) = tee {
+                    t.push(prev.clone());
+                }
                 if client && tx.send(Ok(prev)).await.is_err() {
                     client = false; // keep filling the cache for the next client
                 }
@@ -172,6 +290,9 @@ impl OciUpstream {
         // Verified bytes may go to the client before the durable commit (fsync, rename).
         if let Err(e) = writer.verify() {
             return fail(e, &tx);
+        }
+        if let (Some(t), Some(last)) = (tee, &held) {
+            t.push(last.clone());
         }
         if let (true, Some(last)) = (client, held) {
             let _ = tx.send(Ok(last)).await;
