@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+pub use crate::cache::BlobData;
 use crate::error::{Error, Kind};
 use crate::ids::Digest;
 
@@ -45,26 +46,6 @@ pub enum Body {
 impl Body {
     pub fn is_empty(&self) -> bool {
         matches!(self, Body::Full(b) if b.is_empty())
-    }
-}
-
-/// Blob bytes as a store hands them out: in memory, or an open file of a known length.
-#[derive(Debug)]
-pub enum BlobData {
-    Bytes(Bytes),
-    File(tokio::fs::File, u64),
-}
-
-impl BlobData {
-    pub fn len(&self) -> u64 {
-        match self {
-            BlobData::Bytes(b) => b.len() as u64,
-            BlobData::File(_, n) => *n,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

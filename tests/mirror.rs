@@ -86,15 +86,13 @@ fn index_refresh_is_conditional_and_the_last_good_copy_survives_an_outage() {
     );
     let helm = Helm::new("v4.1.4");
     let out = tempfile::tempdir().unwrap();
-    helm.run(&[
-        "pull",
-        &format!("oci://{}/up/demo", bridge.host()),
-        "--version",
+    let pulled = helm.pull_oci(
+        &format!("{}/up/demo", bridge.host()),
         "0.1.0",
-        "--plain-http",
-        "-d",
-        out.path().to_str().unwrap(),
-    ]);
+        out.path(),
+        "demo-0.1.0.tgz",
+    );
+    assert_eq!(pulled, repo.bytes("demo-0.1.0.tgz"));
 }
 
 /// Air gap: a restarted chartbridge with the upstream unreachable serves what it cached before,

@@ -24,15 +24,13 @@ fn metrics_move_with_a_pull_and_health_is_not_traffic() {
         assert_eq!(get(&format!("{u}{path}")).status(), 200, "{path}");
     }
     let out = tempfile::tempdir().unwrap();
-    Helm::new("v4.1.4").run(&[
-        "pull",
-        &format!("oci://{}/up/demo", bridge.host()),
-        "--version",
+    let pulled = Helm::new("v4.1.4").pull_oci(
+        &format!("{}/up/demo", bridge.host()),
         "0.1.0",
-        "--plain-http",
-        "-d",
-        out.path().to_str().unwrap(),
-    ]);
+        out.path(),
+        "demo-0.1.0.tgz",
+    );
+    assert_eq!(pulled, repo.bytes("demo-0.1.0.tgz"));
     assert_eq!(
         get(&format!("{u}/v2/up/demo/manifests/latest")).status(),
         200

@@ -14,9 +14,9 @@ use bytes::Bytes;
 
 use sha2::{Digest as _, Sha256};
 
+use super::BlobData;
 use super::{digest_mismatch, BlobStore, BlobWrite};
 use crate::error::{Error, Result};
-use crate::http::BlobData;
 use crate::ids::Digest;
 
 struct Entry {

@@ -5,9 +5,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use moka::future::Cache;
 
+use super::BlobData;
 use super::{digest_mismatch, BlobStore, BlobWrite};
 use crate::error::Result;
-use crate::http::BlobData;
 use crate::ids::Digest;
 
 pub struct MemoryStore {

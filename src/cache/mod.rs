@@ -21,8 +21,27 @@ pub use memory::MemoryStore;
 pub use refs::RefStore;
 
 use crate::error::{Error, Result};
-use crate::http::BlobData;
 use crate::ids::Digest;
+
+/// Blob bytes as a store hands them out: in memory, or an open file of a known length.
+#[derive(Debug)]
+pub enum BlobData {
+    Bytes(Bytes),
+    File(tokio::fs::File, u64),
+}
+
+impl BlobData {
+    pub fn len(&self) -> u64 {
+        match self {
+            BlobData::Bytes(b) => b.len() as u64,
+            BlobData::File(_, n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Content-addressed blob storage. `put` verifies that the bytes hash to the digest and refuses
 /// them otherwise, so no store ever holds a blob under the wrong name.

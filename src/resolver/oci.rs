@@ -17,12 +17,12 @@ mod chart_index;
 pub use chart_index::BuiltIndex;
 
 use super::ServedManifest;
+use crate::cache::BlobData;
 use crate::cache::{BlobCache, Flight, RefStore};
 use crate::config::{LatestPolicy, Limits, Upstream};
 use crate::convert::index::ChartVersion;
 use crate::convert::version;
 use crate::error::{Error, Kind, Result};
-use crate::http::BlobData;
 use crate::ids::{Digest, Reference, RepoName};
 use crate::upstream::{Registry, MANIFEST_ACCEPT};
 
