@@ -26,8 +26,9 @@
 //!   and rewrite, versions and tags). Golden- and property-tested; no I/O.
 //! - `cache`: the `BlobStore` trait (stat / get / read / put / begin) with memory (moka) and disk
 //!   (content-addressed, LRU, verify-on-read) stores, the two-tier `BlobCache`, `RefStore`
-//!   (small named pointers, e.g. tag -> digest, for restarts and air gaps), and `Flight`
-//!   (single-flight: one upstream fetch per key).
+//!   (small named pointers, e.g. tag -> digest, for restarts and air gaps), `Flight`
+//!   (single-flight: one upstream fetch per key), and `Tee` (followers read a blob while it is
+//!   fetched: recent bytes from memory, older ones back from the store's temp file).
 //! - `upstream`: the only outbound HTTP: one client per upstream with timeouts, retries and
 //!   offline mode (`mod`), the SSRF `guard` (allowed hosts, no private addresses, checked on
 //!   URLs, redirects and DNS), and `registry` (Bearer/Basic auth, token cache, oci:// pulls).

@@ -8,6 +8,7 @@ mod access;
 mod cli;
 mod containerd;
 mod deploy;
+mod disk_faults;
 mod faults;
 mod helm_clients;
 mod mirror;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use super::BlobData;
-use super::{digest_mismatch, BlobStore, BlobWrite};
+use super::{digest_mismatch, BlobStore, BlobWrite, PartialBlob};
 use crate::error::{Error, Result};
 use crate::ids::Digest;
 
@@ -155,8 +156,26 @@ async fn admit(root: &Path, state: &Mutex<State>, max_bytes: u64, d: &Digest, si
     }
 }
 
-/// Bytes gathered before one write to the temp file.
+/// Bytes gathered before one write to the temp file: each write is a hop to the blocking pool.
 const WRITE_BATCH: usize = 1 << 20;
+
+/// The temp file of a write in progress, shared with readers that follow it (`partial`).
+/// Positional reads keep working after the file is renamed into place or removed.
+struct TempFile {
+    file: std::fs::File,
+    written: AtomicU64,
+}
+
+impl PartialBlob for TempFile {
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_at(buf, offset)
+    }
+}
 
 /// A blob being written: bytes go to a temp file and through a hasher; `commit` checks the
 /// digest, fsyncs and renames into place. Dropped without commit, the temp file is removed.
@@ -166,8 +185,9 @@ pub struct DiskWriter {
     state: Arc<Mutex<State>>,
     digest: Digest,
     tmp: PathBuf,
-    /// Buffered: each tokio file write is a hop to the blocking pool, so batch them.
-    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    file: Option<Arc<TempFile>>,
+    /// Bytes not yet written to `file` (up to `WRITE_BATCH`).
+    pending: Vec<u8>,
     hasher: Sha256,
     size: u64,
     verified: bool,
@@ -184,10 +204,48 @@ impl Drop for DiskWriter {
     }
 }
 
+impl DiskWriter {
+    /// Writes the pending bytes to the temp file. A full or failing disk must not fail the
+    /// client: the writer then only hashes, and the blob streams through uncached.
+    async fn flush(&mut self) {
+        let Some(file) = self.file.clone() else {
+            self.pending.clear();
+            return;
+        };
+        if self.pending.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut self.pending);
+        let done = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            (&file.file).write_all(&buf)?;
+            file.written.fetch_add(buf.len() as u64, Ordering::AcqRel);
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match done {
+            Ok(mut buf) => {
+                buf.clear();
+                self.pending = buf;
+            }
+            Err(e) => self.fail(&e.to_string()),
+        }
+    }
+
+    fn fail(&mut self, why: &str) {
+        tracing::warn!(digest = %self.digest, error = %why, "cache write failed; serving without caching");
+        crate::metrics::cache_write_failure();
+        self.failed = Some(why.to_string());
+        self.file = None;
+        self.pending = Vec::new();
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 #[async_trait]
 impl BlobWrite for DiskWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        use tokio::io::AsyncWriteExt;
         if self.verified {
             return Err(Error::internal("write after verify"));
         }
@@ -196,17 +254,12 @@ impl BlobWrite for DiskWriter {
         if self.failed.is_some() {
             return Ok(());
         }
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::internal("write after commit"))?;
-        if let Err(e) = f.write_all(chunk).await {
-            // A full or failing disk must not fail the client: stream through uncached.
-            tracing::warn!(digest = %self.digest, error = %e, "cache write failed; serving without caching");
-            crate::metrics::cache_write_failure();
-            self.failed = Some(e.to_string());
-            self.file = None;
-            let _ = tokio::fs::remove_file(&self.tmp).await;
+        if self.file.is_none() {
+            return Err(Error::internal("write after commit"));
+        }
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush().await;
         }
         Ok(())
     }
@@ -222,31 +275,30 @@ impl BlobWrite for DiskWriter {
         Ok(())
     }
 
+    fn partial(&self) -> Option<Arc<dyn PartialBlob>> {
+        self.file.clone().map(|f| f as Arc<dyn PartialBlob>)
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.verify()?;
+        self.flush().await;
         if let Some(why) = &self.failed {
             return Err(Error::internal(format!(
                 "blob {} not cached: {why}",
                 self.digest
             )));
         }
-        let f = self
+        let file = self
             .file
             .take()
             .ok_or_else(|| Error::internal("double commit"))?;
-        let mut f = f;
-        {
-            use tokio::io::AsyncWriteExt;
-            f.flush().await?;
-        }
-        let std_file = f.into_inner().into_std().await;
         let (tmp, dest) = (
             self.tmp.clone(),
             self.root.join("sha256").join(self.digest.hex()),
         );
         let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std_file.sync_all()?;
-            drop(std_file);
+            file.file.sync_all()?;
+            drop(file);
             std::fs::rename(&tmp, &dest).inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;
@@ -330,7 +382,6 @@ fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
         "{}-{}.part",
@@ -339,6 +390,7 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     );
     let path = dir.join(name);
     let f = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .open(&path)?;
@@ -444,23 +496,33 @@ impl BlobStore for DiskStore {
         Ok(Some(BlobData::File(f, size)))
     }
 
+    /// Never fails for the disk's sake: a temp file that cannot be created (full or read-only
+    /// disk) gives a writer that only hashes, so the blob streams through uncached.
     async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
-        let (tmp, file) = tempfile_in(&self.root.join("tmp"))?;
-        Ok(Box::new(DiskWriter {
+        let mut w = DiskWriter {
             root: self.root.clone(),
             max_bytes: self.max_bytes,
             state: self.state.clone(),
             digest: d.clone(),
-            tmp,
-            file: Some(tokio::io::BufWriter::with_capacity(
-                WRITE_BATCH,
-                tokio::fs::File::from_std(file),
-            )),
+            tmp: PathBuf::new(),
+            file: None,
+            pending: Vec::with_capacity(WRITE_BATCH),
             hasher: Sha256::new(),
             size: 0,
             verified: false,
             failed: None,
-        }))
+        };
+        match tempfile_in(&self.root.join("tmp")) {
+            Ok((tmp, file)) => {
+                w.tmp = tmp;
+                w.file = Some(Arc::new(TempFile {
+                    file,
+                    written: AtomicU64::new(0),
+                }));
+            }
+            Err(e) => w.fail(&format!("cannot create a temp file: {e}")),
+        }
+        Ok(Box::new(w))
     }
 }
 
@@ -502,10 +564,11 @@ mod tests {
             state: store.state.clone(),
             digest: d.clone(),
             tmp: dir.path().join("tmp").join("full.part"),
-            file: Some(tokio::io::BufWriter::with_capacity(
-                1024,
-                tokio::fs::File::from_std(full),
-            )),
+            file: Some(Arc::new(TempFile {
+                file: full,
+                written: AtomicU64::new(0),
+            })),
+            pending: Vec::new(),
             hasher: Sha256::new(),
             size: 0,
             verified: false,
@@ -519,6 +582,25 @@ mod tests {
         let e = Box::new(w).commit().await.unwrap_err();
         assert!(e.message().contains("not cached"), "{e}");
         assert_eq!(store.stat(&d).await.unwrap(), None);
+    }
+
+    /// A disk where no temp file can be created still lets the blob stream and verify.
+    #[tokio::test]
+    async fn no_temp_file_degrades_to_stream_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 30).await.unwrap();
+        std::fs::remove_dir(dir.path().join("tmp")).unwrap();
+        let d = Digest::of(b"blob");
+        let mut w = store.begin(&d).await.expect("begin does not fail");
+        assert!(w.partial().is_none());
+        w.write(b"blob").await.unwrap();
+        w.verify().unwrap();
+        assert!(w
+            .commit()
+            .await
+            .unwrap_err()
+            .message()
+            .contains("not cached"));
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Caching below the views: a small `BlobStore` trait (stat / get / put) with a memory tier
 //! (moka, weighted by bytes) and a content-addressed disk tier, the two-tier `BlobCache` in
-//! front of them, `Flight` (one upstream fetch per key, however many callers), and `RefStore`
+//! front of them, `Flight` (one upstream fetch per key, however many callers), `Tee` (readers
+//! following a blob while it is written), and `RefStore`
 //! (small named pointers to digests, so a restart finds what it built before).
 //! Calls nothing above it; knows nothing of HTTP or upstreams.
 
@@ -8,6 +9,7 @@ mod disk;
 mod flight;
 mod memory;
 mod refs;
+mod tee;
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ pub use disk::DiskWriter;
 pub use flight::Flight;
 pub use memory::MemoryStore;
 pub use refs::RefStore;
+pub use tee::Tee;
 
 use crate::error::{Error, Result};
 use crate::ids::Digest;
@@ -67,8 +70,22 @@ pub trait BlobWrite: Send {
     /// Checks the digest of everything written; after it only `commit` may follow. Lets a
     /// caller release verified bytes to a client before the (slower) durable commit.
     fn verify(&mut self) -> Result<()>;
+    /// The bytes written so far, readable while the write goes on (a disk store's temp file),
+    /// so that concurrent readers of the same blob need not hold it in memory.
+    fn partial(&self) -> Option<Arc<dyn PartialBlob>> {
+        None
+    }
     /// Makes the blob durable and visible (verifying first if `verify` was not called).
     async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The unfinished bytes of a `BlobWrite`. They are neither verified nor durable: a reader
+/// must know by other means (see `Tee`) which prefix it may hand on.
+pub trait PartialBlob: Send + Sync {
+    /// How many bytes from the start `read_at` can return; it only grows.
+    fn written(&self) -> u64;
+    /// Reads at `offset` without moving any cursor (a positional read).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
 }
 
 /// The error for bytes that do not hash to the digest they were offered under.

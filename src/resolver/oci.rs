@@ -63,7 +63,7 @@ pub struct OciUpstream {
     /// Recent upstream failures, answered again without asking for `NEGATIVE_TTL`.
     failures: moka::future::Cache<String, Error>,
     /// In-flight blob fetches whose bytes followers can stream.
-    tees: std::sync::Mutex<std::collections::HashMap<Digest, Arc<blobs::Tee>>>,
+    tees: std::sync::Mutex<std::collections::HashMap<Digest, Arc<crate::cache::Tee>>>,
 }
 
 impl OciUpstream {

@@ -58,6 +58,12 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// The cache directory as the process sees it (through its mount namespace).
+    pub fn cache_view(&self) -> PathBuf {
+        let cache = self.dir.path().join("cache");
+        PathBuf::from(format!("/proc/{}/root", self.pid())).join(cache.strip_prefix("/").unwrap())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -176,6 +182,24 @@ pub fn chartbridge_full(
     args: &[&str],
     log_filter: &str,
 ) -> Proc {
+    start_chartbridge(upstreams_yaml, extra, cache_dir, args, log_filter, None)
+}
+
+/// As `chartbridge`, with its cache on a tmpfs of `size` (such as "1m") mounted in a mount
+/// namespace of its own, so the disk really fills up (ENOSPC). Needs root, as tests here and
+/// on CI run. The process sees the tmpfs; look at it through `Proc::cache_view`.
+pub fn chartbridge_on_tmpfs(upstreams_yaml: &str, size: &str) -> Proc {
+    start_chartbridge(upstreams_yaml, "", None, &[], "warn", Some(size))
+}
+
+fn start_chartbridge(
+    upstreams_yaml: &str,
+    extra: &str,
+    cache_dir: Option<&Path>,
+    args: &[&str],
+    log_filter: &str,
+    tmpfs: Option<&str>,
+) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cache = cache_dir
@@ -187,7 +211,22 @@ pub fn chartbridge_full(
     );
     std::fs::write(dir.path().join("config.yaml"), conf).unwrap();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_chartbridge"))
+    let bin = env!("CARGO_BIN_EXE_chartbridge");
+    let mut cmd = match tmpfs {
+        None => Command::new(bin),
+        Some(size) => {
+            std::fs::create_dir_all(&cache).unwrap();
+            let mut c = Command::new("unshare");
+            c.args(["-m", "sh", "-c"])
+                .arg(r#"mount -t tmpfs -o "size=$1" chartbridge-test "$2" && shift 2 && exec "$@""#)
+                .arg("sh")
+                .arg(size)
+                .arg(&cache)
+                .arg(bin);
+            c
+        }
+    };
+    let child = cmd
         .args(args)
         .arg("serve")
         .arg("--config")

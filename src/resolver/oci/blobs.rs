@@ -1,7 +1,8 @@
 //! Blobs of an OCI upstream: served from cache; a cold GET streams to its first client while
 //! it is verified and written to disk (the last chunk waits for the digest check, so a wrong
-//! blob never completes), concurrent cold requests share that one fetch, and failures are
-//! remembered briefly (negative cache). A disk that refuses the write does not fail the client.
+//! blob never completes), concurrent cold requests share that one fetch (streaming it as it
+//! arrives, through a `Tee`), and failures are remembered briefly (negative cache). A disk that
+//! refuses the write does not fail the client.
 
 use std::sync::Arc;
 
@@ -9,88 +10,22 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cache::Tee;
+
 use super::{BlobAnswer, OciUpstream};
 use crate::error::{Error, Kind, Result};
 use crate::ids::{Digest, RepoName};
 use crate::upstream::redact;
 
-/// Largest blob whose bytes are kept in memory during its fetch, so that concurrent requests
-/// stream them as they arrive; bigger blobs make followers wait for the fetch to finish.
-const TEE_MAX: u64 = 64 << 20;
-
-/// The bytes of one in-flight fetch, readable from the start by any number of followers.
-pub(super) struct Tee {
-    len: u64,
-    state: std::sync::Mutex<TeeState>,
-    notify: tokio::sync::Notify,
-}
-
-#[derive(Default)]
-struct TeeState {
-    chunks: Vec<Bytes>,
-    finished: Option<Result<()>>,
-}
-
-impl Tee {
-    fn new(len: u64) -> Tee {
-        Tee {
-            len,
-            state: Default::default(),
-            notify: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Verified-so-far bytes (the fetch holds its last chunk back until the digest checks).
-    fn push(&self, chunk: Bytes) {
-        self.state.lock().expect("tee poisoned").chunks.push(chunk);
-        self.notify.notify_waiters();
-    }
-
-    fn finish(&self, result: Result<()>) {
-        self.state.lock().expect("tee poisoned").finished = Some(result);
-        self.notify.notify_waiters();
-    }
-
-    /// A channel of every chunk from the first, ending with the fetch (an error aborts it).
-    fn reader(self: Arc<Self>) -> mpsc::Receiver<Result<Bytes>> {
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut next = 0;
-            loop {
-                let notified = self.notify.notified();
-                let (ready, finished) = {
-                    let st = self.state.lock().expect("tee poisoned");
-                    (st.chunks[next..].to_vec(), st.finished.clone())
-                };
-                for c in ready {
-                    next += 1;
-                    if tx.send(Ok(c)).await.is_err() {
-                        return;
-                    }
-                }
-                match finished {
-                    Some(Ok(()))
-                        if next == self.state.lock().expect("tee poisoned").chunks.len() =>
-                    {
-                        return
-                    }
-                    Some(Err(e)) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                    _ => {}
-                }
-                notified.await;
-            }
-        });
-        rx
-    }
-}
+/// Most bytes of one in-flight fetch its `Tee` keeps in memory for followers. With a disk
+/// cache it holds only what the temp file does not yet (about one write batch); without one
+/// (or once the disk refuses the write) bigger blobs make followers wait for the fetch.
+const TEE_MEMORY_MAX: u64 = 64 << 20;
 
 impl OciUpstream {
     /// A blob: from cache; HEAD of a cold blob asks the upstream for its length; a cold GET is
     /// streamed to the first client while it is verified and written to disk. Concurrent cold
-    /// requests share that one fetch and are served from cache when it completes.
+    /// requests share that one fetch and stream it through its `Tee` as it arrives.
     pub async fn blob(
         self: &Arc<Self>,
         repo: &RepoName,
@@ -143,14 +78,14 @@ impl OciUpstream {
                     Err(_) => {} // the fetch ended before it had a length; its result says why
                 }
             }
-            // A follower streams the leader's bytes as they arrive when the fetch keeps them
-            // (blobs up to TEE_MAX); otherwise it waits for the fetch and reads the cache.
+            // A follower streams the leader's bytes as they arrive through the fetch's tee;
+            // without one it waits for the fetch and reads the cache.
             let mut done = done;
             loop {
                 if !range {
                     let tee = self.tees.lock().expect("tees poisoned").get(d).cloned();
-                    if let Some(tee) = tee {
-                        return Ok(BlobAnswer::Stream(tee.len, tee.reader()));
+                    if let Some(tee) = tee.filter(|t| t.is_open()) {
+                        return Ok(BlobAnswer::Stream(tee.len(), tee.reader()));
                     }
                 }
                 tokio::select! {
@@ -212,17 +147,27 @@ impl OciUpstream {
                 return Err(e);
             }
         };
+        let writer = match self.blobs.begin(d).await {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = len_tx.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
         let _ = len_tx.send(Ok(len));
         // Concurrent requests for this blob read the same bytes as they arrive.
-        let tee = (len <= TEE_MAX).then(|| {
-            let t = Arc::new(Tee::new(len));
+        let file = writer.partial();
+        let tee = (file.is_some() || len <= TEE_MEMORY_MAX).then(|| {
+            let t = Arc::new(Tee::new(len, file, TEE_MEMORY_MAX));
             self.tees
                 .lock()
                 .expect("tees poisoned")
                 .insert(d.clone(), t.clone());
             t
         });
-        let result = self.stream_blob(resp, d, len, tx, tee.as_deref()).await;
+        let result = self
+            .stream_blob(resp, writer, d, len, tx, tee.as_deref())
+            .await;
         if let Some(t) = &tee {
             t.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
             self.tees.lock().expect("tees poisoned").remove(d);
@@ -233,12 +178,12 @@ impl OciUpstream {
     async fn stream_blob(
         &self,
         resp: crate::upstream::RegistryResponse,
+        mut writer: Box<dyn crate::cache::BlobWrite>,
         d: &Digest,
         len: u64,
         tx: mpsc::Sender<Result<Bytes>>,
         tee: Option<&Tee>,
     ) -> Result<()> {
-        let mut writer = self.blobs.begin(d).await?;
         let mut stream = resp.into_stream();
         let mut held: Option<Bytes> = None;
         let mut got = 0u64;
@@ -272,7 +217,7 @@ impl OciUpstream {
             // Hold the newest chunk back: the client gets it only after the digest checks.
             if let Some(prev) = held.replace(chunk) {
                 if let Some(t) = tee {
-                    t.push(prev.clone());
+                    t.release(prev.clone());
                 }
                 if client && tx.send(Ok(prev)).await.is_err() {
                     client = false; // keep filling the cache for the next client
@@ -292,7 +237,7 @@ impl OciUpstream {
             return fail(e, &tx);
         }
         if let (Some(t), Some(last)) = (tee, &held) {
-            t.push(last.clone());
+            t.release(last.clone());
         }
         if let (true, Some(last)) = (client, held) {
             let _ = tx.send(Ok(last)).await;
