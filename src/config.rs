@@ -61,6 +61,9 @@ pub struct RawLimits {
     pub max_chart_bytes: Option<String>,
     /// Largest blob (image layer) accepted from an OCI upstream. Default `16GiB`.
     pub max_blob_bytes: Option<String>,
+    /// Most chart versions (tags) of one OCI repository an index.yaml lists, newest first;
+    /// each costs a manifest request. Default 1000.
+    pub max_index_tags: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +226,7 @@ pub struct Limits {
     pub max_index_bytes: u64,
     pub max_chart_bytes: u64,
     pub max_blob_bytes: u64,
+    pub max_index_tags: usize,
 }
 
 /// The validated configuration.
@@ -296,6 +300,7 @@ impl Config {
                 "limits.max_blob_bytes",
                 16 << 30,
             )?,
+            max_index_tags: raw.limits.max_index_tags.unwrap_or(1000),
         };
         let mut upstreams: Vec<Upstream> = Vec::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {

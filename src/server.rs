@@ -43,6 +43,15 @@ impl HttpServerApp for Http {
             Ok(false) => return None,
             Err(e) => {
                 tracing::debug!(error = %e, "could not read request");
+                // A header over pingora's caps (1 MiB, 256 fields) or malformed gets a clear
+                // 400 before the connection closes, as pingora's own proxy does.
+                if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
+                    let body = Bytes::from_static(
+                        b"bad request header: malformed, or over 1 MiB or 256 fields\n",
+                    );
+                    let _ = session.respond_error_with_body(400, body).await;
+                }
+                let _ = session.shutdown().await;
                 return None;
             }
         }

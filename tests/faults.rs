@@ -116,6 +116,13 @@ fn a_slow_first_byte_hits_the_header_timeout_and_5xx_bursts_are_retried() {
         t.elapsed() < Duration::from_secs(3),
         "the timeout, not the upstream, ended it"
     );
+    assert!(!cached(&bridge, &d));
+    // once the upstream answers in time, past the 1 s negative cache, the blob is served
+    fake.route(&path, vec![Behavior::ok(&good, OCTET)]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().to_vec(), good);
 
     // two 503s then success: retried (retries: 2) and served, three upstream requests
     let fake = FaultServer::start();
@@ -190,6 +197,15 @@ fn rate_limits_pass_on_or_serve_from_cache_and_redirect_loops_end() {
     assert_eq!(limited.status(), 429);
     assert_eq!(limited.headers()["retry-after"], "120");
     assert_eq!(oci_code(limited).1, "TOOMANYREQUESTS");
+    // when the rate limit lifts (past the negative cache) the tag resolves
+    fake.route(
+        "/v2/img/manifests/v2",
+        vec![Behavior::ok(manifest, mt).with_header("Docker-Content-Digest", &md.to_string())],
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let lifted = get(&format!("{u}/v2/f/img/manifests/v2"));
+    assert_eq!(lifted.status(), 200);
+    assert_eq!(lifted.bytes().unwrap().to_vec(), manifest.to_vec());
 
     // a redirect loop ends with a clear error
     fake.route("/v2/img/manifests/loop", vec![Behavior::RedirectLoop]);
@@ -197,6 +213,30 @@ fn rate_limits_pass_on_or_serve_from_cache_and_redirect_loops_end() {
     let looped = get(&format!("{u}/v2/f/img/manifests/loop"));
     assert_eq!(looped.status(), 502);
     assert!(t.elapsed() < Duration::from_secs(5));
+    fake.route(
+        "/v2/img/manifests/loop",
+        vec![Behavior::ok(manifest, mt).with_header("Docker-Content-Digest", &md.to_string())],
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(&format!("{u}/v2/f/img/manifests/loop")).status(), 200);
+}
+
+/// A registry whose tag list never ends (every page links to a next one) is read for at most
+/// 100 pages, and the client gets the tags seen.
+#[test]
+fn an_endless_tag_list_is_cut_at_a_hundred_pages() {
+    let fake = FaultServer::start();
+    let page = Behavior::ok(br#"{"name":"img","tags":["1.0.0"]}"#, "application/json").with_header(
+        "Link",
+        "</v2/img/tags/list?n=1000&last=1.0.0>; rel=\"next\"",
+    );
+    fake.route("/v2/img/tags/list", vec![page]);
+    let bridge = bridge_for(&fake, "");
+    let r = get(&format!("{}/v2/f/img/tags/list", bridge.url()));
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["tags"], serde_json::json!(["1.0.0", "latest"]));
+    assert_eq!(fake.hits("/v2/img/tags/list"), 100);
 }
 
 /// 100 concurrent cold pulls of one blob and of one manifest through the real binary: exactly

@@ -217,6 +217,25 @@ fn bad_requests_get_clear_oci_errors() {
             .starts_with("text/plain"));
     }
     assert_eq!(get(&format!("{u}/nope/index.yaml")).status(), 404);
+    // an overlong path, an oversized header, too many header fields, a malformed header
+    let long = format!("/v2/up/{}/manifests/0.1.0", "a".repeat(3000));
+    let (status, body) = raw_get(bridge.port, &long);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("too long"), "{body}");
+    let fields: String = (0..300).map(|i| format!("X-{i}: y\r\n")).collect();
+    for head in [
+        format!("X-Big: {}\r\n", "a".repeat(2 << 20)),
+        fields,
+        "Broken header\r\n".to_string(),
+    ] {
+        let raw = format!("GET /v2/ HTTP/1.1\r\nHost: x\r\n{head}\r\n");
+        let answer = raw_exchange(bridge.port, raw.as_bytes());
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("bad request header"),
+            "{}",
+            &answer[..answer.len().min(200)]
+        );
+    }
     // the process is still healthy after all of that
     assert_eq!(get(&format!("{u}/healthz")).status(), 200);
 }

@@ -395,4 +395,22 @@ fn oci_charts_served_as_an_index_yaml_repository() {
         std::fs::read(chart_dir.join("charts").join("demo-0.1.0.tgz")).unwrap(),
         repo.bytes("demo-0.1.0.tgz")
     );
+
+    // `limits.max_index_tags` bounds the manifests one index build fetches: newest first
+    let capped = chartbridge_with(
+        &oci_upstream("reg", &reg.url(), ""),
+        "limits:\n  max_index_tags: 1\n",
+        None,
+    );
+    let idx = get(&format!("{}/reg/charts/demo/index.yaml", capped.url()));
+    assert_eq!(idx.status(), 200);
+    let idx = chartbridge::convert::index::parse_index(&idx.bytes().unwrap(), Default::default())
+        .unwrap();
+    let listed: Vec<_> = idx
+        .versions("demo")
+        .unwrap()
+        .iter()
+        .map(|v| v.version.clone())
+        .collect();
+    assert_eq!(listed, ["0.2.0"]);
 }

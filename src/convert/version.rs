@@ -74,6 +74,19 @@ where
         .map(|(_, v)| v)
 }
 
+/// The tags of `tags` that name chart versions (semver once `_` is read as `+`; not `latest`),
+/// newest first, at most `max`: which versions an index built from a registry lists.
+pub fn newest_version_tags(tags: &[String], max: usize) -> Vec<&str> {
+    let mut versions: Vec<(Version, &str)> = tags
+        .iter()
+        .filter(|t| t.as_str() != LATEST)
+        .filter_map(|t| parse_lenient(&t.replace('_', "+")).map(|v| (v, t.as_str())))
+        .collect();
+    versions.sort_by(|a, b| precedence((&b.0, b.1), (&a.0, a.1)));
+    versions.truncate(max);
+    versions.into_iter().map(|(_, t)| t).collect()
+}
+
 /// The literal tag clients use for "the newest".
 pub const LATEST: &str = "latest";
 
@@ -137,6 +150,27 @@ mod tests {
         let vs = ["1.0.0+b", "1.0.0+a"];
         assert_eq!(highest_stable(vs), Some("1.0.0+b"));
         assert_eq!(highest_stable(["1.0.0-alpha"]), None);
+    }
+
+    #[test]
+    fn newest_version_tags_keeps_the_newest_chart_versions() {
+        let tags: Vec<String> = [
+            "latest",
+            "1.0.0",
+            "sha-abc",
+            "2.0.0-rc.1",
+            "1.10.0",
+            "1.2.0_b.1",
+            "v1.9",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            newest_version_tags(&tags, 10),
+            ["2.0.0-rc.1", "1.10.0", "v1.9", "1.2.0_b.1", "1.0.0"]
+        );
+        assert_eq!(newest_version_tags(&tags, 2), ["2.0.0-rc.1", "1.10.0"]);
+        assert!(newest_version_tags(&tags, 0).is_empty());
     }
 
     #[test]

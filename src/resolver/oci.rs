@@ -197,6 +197,11 @@ impl OciUpstream {
                 None => return Ok(all),
             }
         }
+        tracing::warn!(
+            repo,
+            pages = MAX_TAG_PAGES,
+            "tag list cut: the upstream kept linking to more pages"
+        );
         Ok(all)
     }
 

@@ -400,6 +400,24 @@ pub fn raw_get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Sends `raw` bytes as a request and returns whatever comes back before the connection ends
+/// (write and read errors end the exchange: the server may close on a bad request).
+pub fn raw_exchange(port: u16, raw: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(raw);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `skopeo`, with TLS verification off (every peer here is plain HTTP on loopback).
 pub fn skopeo(args: &[&str]) -> Result<String, String> {
     let bin = require("/usr/bin/skopeo");

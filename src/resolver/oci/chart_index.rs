@@ -210,13 +210,17 @@ impl OciUpstream {
                 }
                 Err(e) => return Err(e),
             };
-            for t in tags.iter() {
-                let version = t.replace('_', "+");
-                let parsed = version::parse_lenient(&version);
-                if t != version::LATEST && parsed.is_some() {
-                    jobs.push((r.clone(), t.clone(), prefix.clone()));
-                }
+            let max = self.limits.max_index_tags;
+            let mut newest = version::newest_version_tags(&tags, max.saturating_add(1));
+            if newest.len() > max {
+                newest.truncate(max);
+                tracing::warn!(upstream = %self.config.name, repo = %r, max, "index lists only the newest chart versions (limits.max_index_tags)");
             }
+            jobs.extend(
+                newest
+                    .into_iter()
+                    .map(|t| (r.clone(), t.to_string(), prefix.clone())),
+            );
         }
         let this = self.clone();
         let results: Vec<Result<Option<ChartVersion>>> = futures::stream::iter(jobs)
