@@ -1,6 +1,7 @@
 //! containerd as a cluster runtime pulling through chartbridge as a registry mirror: `ctr` with
 //! `--hosts-dir` sends `?ns=<registry>` with unprefixed repository paths. The hosts.toml's
-//! fallback server is a dead port, so the pull can only succeed through chartbridge.
+//! fallback server is a dead port, so the pull can only succeed through chartbridge. A protected
+//! upstream refuses an anonymous pull (401) and lets containerd's host credentials through.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,35 +69,8 @@ fn ctr_pulls_an_image_through_chartbridge_with_ns_routing() {
     .unwrap();
     let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
     let ctd = containerd();
-    let certs = ctd.dir.path().join("certs.d");
-    let host_dir = certs.join(reg.host());
-    std::fs::create_dir_all(&host_dir).unwrap();
-    std::fs::write(
-        host_dir.join("hosts.toml"),
-        format!(
-            "server = \"http://127.0.0.1:1\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            bridge.url()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("/usr/bin/ctr")
-        .arg("--address")
-        .arg(ctd.dir.path().join("c.sock"))
-        .args([
-            "--namespace",
-            "test",
-            "image",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-        ])
-        .arg(&certs)
-        .args(["--platform", "linux/amd64"])
-        .arg(format!("{}/test/hello:v1.2.0", reg.host()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let image = format!("{}/test/hello:v1.2.0", reg.host());
+    let out = ctr_pull(&ctd, &reg, &bridge, "test", &image, None);
     assert!(
         out.status.success(),
         "ctr pull failed: {}\n{}\ncontainerd log:\n{}",
@@ -116,4 +90,92 @@ fn ctr_pulls_an_image_through_chartbridge_with_ns_routing() {
         served("manifest") && served("blob"),
         "pull did not go through chartbridge:\n{metrics}"
     );
+
+    // a protected upstream: containerd's host credentials (`--user`) answer the Basic challenge
+    let secrets = tempfile::tempdir().unwrap();
+    let htpasswd = Command::new("/usr/bin/htpasswd")
+        .args(["-Bbn", "alice", "wonder-pw"])
+        .output()
+        .unwrap();
+    assert!(
+        htpasswd.status.success(),
+        "htpasswd is missing: run scripts/test.sh"
+    );
+    std::fs::write(secrets.path().join("htpasswd"), htpasswd.stdout).unwrap();
+    let protected = chartbridge_full(
+        &format!(
+            "{}    access: {{htpasswd_file: {}}}\n",
+            oci_upstream("reg", &reg.url(), ""),
+            secrets.path().join("htpasswd").display()
+        ),
+        "",
+        None,
+        &[],
+        "info",
+    );
+    let refused = ctr_pull(&ctd, &reg, &protected, "anon", &image, None);
+    let why = String::from_utf8_lossy(&refused.stderr).to_lowercase();
+    assert!(
+        !refused.status.success() && (why.contains("401") || why.contains("unauthorized")),
+        "anonymous pull must be refused with 401: {why}"
+    );
+    let out = ctr_pull(
+        &ctd,
+        &reg,
+        &protected,
+        "authed",
+        &image,
+        Some("alice:wonder-pw"),
+    );
+    assert!(
+        out.status.success(),
+        "ctr pull with credentials failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(protected.dir.path().join("server.log")).unwrap();
+    assert!(
+        !log.contains("wonder-pw"),
+        "the password stays out of the log"
+    );
+}
+
+/// `ctr image pull` of `image` in containerd namespace `ns`, with a hosts.toml that sends
+/// the registry's traffic to `bridge` (and its fallback to a dead port).
+fn ctr_pull(
+    ctd: &Containerd,
+    reg: &Proc,
+    bridge: &Proc,
+    ns: &str,
+    image: &str,
+    user: Option<&str>,
+) -> std::process::Output {
+    let certs = ctd.dir.path().join("certs.d");
+    let host_dir = certs.join(reg.host());
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"http://127.0.0.1:1\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            bridge.url()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("/usr/bin/ctr");
+    cmd.arg("--address")
+        .arg(ctd.dir.path().join("c.sock"))
+        .args([
+            "--namespace",
+            ns,
+            "image",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+        ])
+        .arg(&certs)
+        .args(["--platform", "linux/amd64"]);
+    if let Some(u) = user {
+        cmd.args(["--user", u]);
+    }
+    cmd.arg(image).stdin(Stdio::null()).output().unwrap()
 }
