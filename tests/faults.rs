@@ -341,6 +341,67 @@ fn offline_serves_the_cache_and_refuses_the_rest_without_dialling() {
         0,
         "never dialled"
     );
+    drop(offline);
+    // the same per upstream: the offline one is never dialled, its neighbour still is
+    let ups = format!(
+        "{}    offline: true\n{}",
+        oci_upstream("f", &fake.url(), ""),
+        oci_upstream("g", &fake.url(), "")
+    );
+    let mixed = chartbridge_with(&ups, "", Some(cache.path()));
+    let r = get(&format!("{}/v2/f/img/blobs/{d}", mixed.url()));
+    assert_eq!(r.bytes().unwrap().to_vec(), good, "cached, served offline");
+    let (status, _) = oci_code(get(&format!("{}/v2/f/img/blobs/{other}", mixed.url())));
+    assert_eq!(status, 503);
+    assert_eq!(fake.hits(&format!("/v2/img/blobs/{other}")), 0);
+    assert_eq!(
+        get(&format!("{}/v2/g/img/blobs/{other}", mixed.url())).status(),
+        404,
+        "the online upstream is asked"
+    );
+    assert_eq!(fake.hits(&format!("/v2/img/blobs/{other}")), 1);
+}
+
+/// A fetch that fails fails every request waiting on it with the same error, after one
+/// upstream request: for a blob (an error status after a slow start) and a manifest.
+#[test]
+fn a_failed_fetch_fails_every_waiter_with_the_same_error() {
+    let (_, d) = blob();
+    let fake = FaultServer::start();
+    let slow_503 = || {
+        Behavior::Slow(
+            Duration::from_millis(400),
+            Box::new(Behavior::status(503, &[])),
+        )
+    };
+    let blob_path = format!("/v2/img/blobs/{d}");
+    fake.route(&blob_path, vec![slow_503()]);
+    fake.route("/v2/img/manifests/v1", vec![slow_503()]);
+    let bridge = bridge_for(&fake, "    retries: 0\n");
+    for target in [
+        format!("/v2/f/img/blobs/{d}"),
+        "/v2/f/img/manifests/v1".to_string(),
+    ] {
+        let answers: Vec<(u16, String)> = (0..20)
+            .map(|_| {
+                let url = format!("{}{target}", bridge.url());
+                std::thread::spawn(move || {
+                    let r = get(&url);
+                    (r.status().as_u16(), r.text().unwrap())
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert!(answers[0].0 == 502, "{target}: {:?}", answers[0]);
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "{target}: every waiter gets the same error: {answers:?}"
+        );
+    }
+    assert_eq!(fake.hits(&blob_path), 1, "one blob request");
+    assert_eq!(fake.hits("/v2/img/manifests/v1"), 1, "one manifest request");
 }
 
 /// kill -9 in the middle of a download: no partial blob is ever visible under its digest, the
