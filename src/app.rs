@@ -1,4 +1,5 @@
-//! The application: builds the cache tiers and upstreams from a `Config`, turns each request
+//! The application: builds the cache tiers and upstreams from a `Config` (and the upstreams
+//! again on a reload, swapped in whole for new requests), turns each request
 //! into a `Route` at the edge, dispatches it to a view, and maps any error through
 //! `http::error_response`. Also the access log and the request metrics. No pingora types here,
 //! so the whole request path is testable without sockets.
@@ -7,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::access::Access;
@@ -23,6 +25,18 @@ use crate::upstream::UpstreamClient;
 use crate::views;
 
 pub struct App {
+    /// The configuration the process started with: listeners, grace period and cache, which
+    /// only a restart changes.
+    started: Config,
+    blobs: Arc<BlobCache>,
+    refs: Arc<RefStore>,
+    /// The upstreams and routing, replaced whole by a reload. A request works on the `Live`
+    /// it started with, so a reload never disturbs one in flight.
+    live: ArcSwap<Live>,
+}
+
+/// What a reload replaces: the configuration's upstreams, limits and default, built.
+struct Live {
     config: Config,
     upstreams: HashMap<UpstreamName, Source>,
 }
@@ -39,6 +53,212 @@ impl App {
             Arc::new(disk),
         ));
         let refs = Arc::new(RefStore::open(dir)?);
+        let live = Live::build(config.clone(), &blobs, &refs)?;
+        Ok(App {
+            started: config,
+            blobs,
+            refs,
+            live: ArcSwap::from_pointee(live),
+        })
+    }
+
+    /// The configuration the process started with (listeners, cache, grace period).
+    pub fn config(&self) -> &Config {
+        &self.started
+    }
+
+    /// Replaces the upstreams, limits and default upstream with those of `new`, for requests
+    /// that start from now on; requests in flight finish on the old ones. Refuses (and keeps
+    /// everything as it is) when `new` changes what only a restart can: listeners, grace period,
+    /// cache. Returns a one-line summary of what changed.
+    pub fn reload(&self, new: Config) -> Result<String> {
+        let s = &self.started;
+        let mut fixed = Vec::new();
+        if new.listen != s.listen {
+            fixed.push("listen");
+        }
+        if new.metrics_listen != s.metrics_listen {
+            fixed.push("metrics_listen");
+        }
+        if new.shutdown_grace != s.shutdown_grace {
+            fixed.push("shutdown_grace");
+        }
+        if new.cache != s.cache {
+            fixed.push("cache");
+        }
+        if !fixed.is_empty() {
+            return Err(Error::new(
+                Kind::BadRequest,
+                format!(
+                    "{} changed: that needs a restart; the running configuration is kept",
+                    fixed.join(", ")
+                ),
+            ));
+        }
+        let live = Live::build(new, &self.blobs, &self.refs)?;
+        let old = self.live.load();
+        let names = |l: &Live| -> Vec<String> {
+            l.config
+                .upstreams
+                .iter()
+                .map(|u| u.name.to_string())
+                .collect()
+        };
+        let (before, after) = (names(&old), names(&live));
+        let added: Vec<_> = after.iter().filter(|n| !before.contains(n)).collect();
+        let removed: Vec<_> = before.iter().filter(|n| !after.contains(n)).collect();
+        let summary = format!(
+            "{} upstreams; added {added:?}, removed {removed:?}",
+            after.len()
+        );
+        self.live.store(Arc::new(live));
+        Ok(summary)
+    }
+
+    /// Handles one request. Never panics on input: every failure becomes an error response.
+    pub async fn handle(&self, req: &Request) -> Response {
+        let start = Instant::now();
+        let api = if route::is_oci_path(&req.path) {
+            Api::Oci
+        } else {
+            Api::Plain
+        };
+        let parsed = route::parse(&req.method, &req.path, req.query.as_deref());
+        let kind = parsed.as_ref().map(Route::kind).unwrap_or("invalid");
+        let live = self.live.load_full();
+        let (result, notes) = crate::metrics::with_request_context(async {
+            match parsed {
+                Ok(r) => self.dispatch(&live, r, req).await,
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        let mut error = None;
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if e.is_upstream() || e.kind() == Kind::Internal {
+                    tracing::warn!(path = %req.path, error = %e, "request failed");
+                }
+                let r = error_response(&e, api);
+                error = Some(e);
+                r
+            }
+        };
+        if notes.cache == "stale" {
+            // RFC 7234's stale warning: the upstream failed and a last-known answer was served.
+            resp.headers
+                .push(("Warning", "110 chartbridge \"Response is Stale\"".into()));
+        }
+        if api == Api::Oci && resp.get_header("Docker-Distribution-API-Version").is_none() {
+            resp.headers
+                .push(("Docker-Distribution-API-Version", "registry/2.0".into()));
+        }
+        if kind != "health" {
+            let bytes = if req.is_head() {
+                0
+            } else {
+                resp.content_length()
+            };
+            let took = start.elapsed();
+            crate::metrics::request(kind, &req.method, resp.status, bytes, took);
+            tracing::info!(
+                target: "access",
+                method = %req.method,
+                path = %req.path,
+                status = resp.status,
+                bytes,
+                ms = took.as_millis() as u64,
+                cache = notes.cache,
+                upstream = notes.upstream,
+                error = error.as_ref().map(|e| e.message()),
+            );
+        }
+        resp
+    }
+
+    async fn dispatch(&self, live: &Live, route: Route, req: &Request) -> Result<Response> {
+        match route {
+            Route::ApiBase => {
+                // `helm registry login` and `docker login` check credentials here: challenge
+                // when some upstream needs them and none that any upstream accepts came along.
+                let protected: Vec<_> = live
+                    .config
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| u.access.as_ref())
+                    .collect();
+                let auth = req.authorization.as_deref();
+                let ok = match auth {
+                    None => protected.iter().all(|a| a.anonymous),
+                    Some(h) => protected.is_empty() || protected.iter().any(|a| a.valid(h)),
+                };
+                if !ok {
+                    return Err(Access::refuse(auth));
+                }
+                Ok(views::oci::api_base(req))
+            }
+            Route::Oci { name, ns, op } => {
+                let (src, repo) = live.select(&name, ns.as_deref())?;
+                authorize(src, req)?;
+                match op {
+                    OciOp::Tags { n, last } => {
+                        views::oci::tags(src, &name, &repo, n, last.as_deref(), req).await
+                    }
+                    OciOp::Manifest(reference) => {
+                        views::oci::manifest(src, &repo, &reference, req).await
+                    }
+                    OciOp::Blob(d) => views::oci::blob(src, &repo, &d, req).await,
+                    OciOp::Referrers(d, q) => {
+                        views::oci::referrers(src, &repo, &d, q.as_deref(), req).await
+                    }
+                }
+            }
+            Route::MirrorIndex { upstream, repo } => {
+                let src = live.upstream(&upstream)?;
+                authorize(src, req)?;
+                views::mirror::index(src, repo.as_ref(), req).await
+            }
+            Route::MirrorArchive {
+                upstream,
+                repo,
+                chart,
+                version,
+                prov,
+            } => {
+                let src = live.upstream(&upstream)?;
+                authorize(src, req)?;
+                views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req).await
+            }
+            Route::Metrics => Ok(Response::new(200).with_body(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                Bytes::from(crate::metrics::render()),
+                req.is_head(),
+            )),
+            Route::Healthz => Ok(Response::new(200).with_body(
+                "text/plain",
+                Bytes::from_static(b"ok\n"),
+                req.is_head(),
+            )),
+            Route::Readyz => {
+                let probe = self.started.cache.dir.join("tmp").join(".ready");
+                tokio::fs::write(&probe, b"")
+                    .await
+                    .map_err(|e| Error::internal(format!("cache dir not writable: {e}")))?;
+                Ok(Response::new(200).with_body(
+                    "text/plain",
+                    Bytes::from_static(b"ready\n"),
+                    req.is_head(),
+                ))
+            }
+        }
+    }
+}
+
+impl Live {
+    /// Builds every configured upstream over the shared cache tiers.
+    fn build(config: Config, blobs: &Arc<BlobCache>, refs: &Arc<RefStore>) -> Result<Live> {
+        let dir = &config.cache.dir;
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
             let client = Arc::new(UpstreamClient::new(
@@ -65,11 +285,7 @@ impl App {
             };
             upstreams.insert(u.name.clone(), source);
         }
-        Ok(App { config, upstreams })
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
+        Ok(Live { config, upstreams })
     }
 
     fn upstream(&self, name: &UpstreamName) -> Result<&Source> {
@@ -121,144 +337,6 @@ impl App {
                 Kind::NameUnknown,
                 format!("{name:?} names no configured upstream (use /v2/<upstream>/<repository>)"),
             )),
-        }
-    }
-
-    /// Handles one request. Never panics on input: every failure becomes an error response.
-    pub async fn handle(&self, req: &Request) -> Response {
-        let start = Instant::now();
-        let api = if route::is_oci_path(&req.path) {
-            Api::Oci
-        } else {
-            Api::Plain
-        };
-        let parsed = route::parse(&req.method, &req.path, req.query.as_deref());
-        let kind = parsed.as_ref().map(Route::kind).unwrap_or("invalid");
-        let (result, notes) = crate::metrics::with_request_context(async {
-            match parsed {
-                Ok(r) => self.dispatch(r, req).await,
-                Err(e) => Err(e),
-            }
-        })
-        .await;
-        let mut error = None;
-        let mut resp = match result {
-            Ok(r) => r,
-            Err(e) => {
-                if e.is_upstream() || e.kind() == Kind::Internal {
-                    tracing::warn!(path = %req.path, error = %e, "request failed");
-                }
-                let r = error_response(&e, api);
-                error = Some(e);
-                r
-            }
-        };
-        if notes.cache == "stale" {
-            // RFC 7234's stale warning: the upstream failed and a last-known answer was served.
-            resp.headers
-                .push(("Warning", "110 chartbridge \"Response is Stale\"".into()));
-        }
-        if api == Api::Oci && resp.get_header("Docker-Distribution-API-Version").is_none() {
-            resp.headers
-                .push(("Docker-Distribution-API-Version", "registry/2.0".into()));
-        }
-        if kind != "health" {
-            let bytes = if req.is_head() {
-                0
-            } else {
-                resp.content_length()
-            };
-            let took = start.elapsed();
-            crate::metrics::request(kind, &req.method, resp.status, bytes, took);
-            tracing::info!(
-                target: "access",
-                method = %req.method,
-                path = %req.path,
-                status = resp.status,
-                bytes,
-                ms = took.as_millis() as u64,
-                cache = notes.cache,
-                upstream = notes.upstream,
-                error = error.as_ref().map(|e| e.message()),
-            );
-        }
-        resp
-    }
-
-    async fn dispatch(&self, route: Route, req: &Request) -> Result<Response> {
-        match route {
-            Route::ApiBase => {
-                // `helm registry login` and `docker login` check credentials here: challenge
-                // when some upstream needs them and none that any upstream accepts came along.
-                let protected: Vec<_> = self
-                    .config
-                    .upstreams
-                    .iter()
-                    .filter_map(|u| u.access.as_ref())
-                    .collect();
-                let auth = req.authorization.as_deref();
-                let ok = match auth {
-                    None => protected.iter().all(|a| a.anonymous),
-                    Some(h) => protected.is_empty() || protected.iter().any(|a| a.valid(h)),
-                };
-                if !ok {
-                    return Err(Access::refuse(auth));
-                }
-                Ok(views::oci::api_base(req))
-            }
-            Route::Oci { name, ns, op } => {
-                let (src, repo) = self.select(&name, ns.as_deref())?;
-                authorize(src, req)?;
-                match op {
-                    OciOp::Tags { n, last } => {
-                        views::oci::tags(src, &name, &repo, n, last.as_deref(), req).await
-                    }
-                    OciOp::Manifest(reference) => {
-                        views::oci::manifest(src, &repo, &reference, req).await
-                    }
-                    OciOp::Blob(d) => views::oci::blob(src, &repo, &d, req).await,
-                    OciOp::Referrers(d, q) => {
-                        views::oci::referrers(src, &repo, &d, q.as_deref(), req).await
-                    }
-                }
-            }
-            Route::MirrorIndex { upstream, repo } => {
-                let src = self.upstream(&upstream)?;
-                authorize(src, req)?;
-                views::mirror::index(src, repo.as_ref(), req).await
-            }
-            Route::MirrorArchive {
-                upstream,
-                repo,
-                chart,
-                version,
-                prov,
-            } => {
-                let src = self.upstream(&upstream)?;
-                authorize(src, req)?;
-                views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req).await
-            }
-            Route::Metrics => Ok(Response::new(200).with_body(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                Bytes::from(crate::metrics::render()),
-                req.is_head(),
-            )),
-            Route::Healthz => Ok(Response::new(200).with_body(
-                "text/plain",
-                Bytes::from_static(b"ok\n"),
-                req.is_head(),
-            )),
-            Route::Readyz => {
-                let probe = self.config.cache.dir.join("tmp").join(".ready");
-                tokio::fs::write(&probe, b"")
-                    .await
-                    .map_err(|e| Error::internal(format!("cache dir not writable: {e}")))?;
-                Ok(Response::new(200).with_body(
-                    "text/plain",
-                    Bytes::from_static(b"ready\n"),
-                    req.is_head(),
-                ))
-            }
         }
     }
 }

@@ -213,7 +213,7 @@ impl Upstream {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CacheConfig {
     pub verify_on_read: bool,
     pub dir: PathBuf,

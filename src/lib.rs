@@ -7,8 +7,10 @@
 //!
 //! - `server`: pingora glue, the only module that names pingora types. Reads a request, hands
 //!   method, path, query and the few headers the views use to `app`, writes the response back
-//!   (whole, from a file, or streamed from a channel). Listeners, write buffer, SIGTERM grace.
-//! - `app`: builds caches and upstreams from the `Config`; turns a request into a typed
+//!   (whole, from a file, or streamed from a channel). Listeners, write buffer, SIGTERM grace,
+//!   SIGHUP reload.
+//! - `app`: builds caches and upstreams from the `Config` (the upstreams again, swapped in
+//!   whole, on reload); turns a request into a typed
 //!   `route::Route` (parsed once, at the edge), picks the upstream (`?ns=`, path prefix,
 //!   `default_upstream`), checks `access`, dispatches to a view; access log and request metrics.
 //! - `route`: method + path + query -> `Route`. Handlers never split strings.

@@ -76,7 +76,17 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(chartbridge::app::App::new(c))?;
-            chartbridge::server::run(app)
+            // SIGHUP reads the same file again, with the same overrides.
+            let reload: Option<chartbridge::server::Reloader> = config.map(|p| {
+                Box::new(move || {
+                    let mut c = load(&p).map_err(|e| format!("{e:#}"))?;
+                    if let Some(l) = listen {
+                        c.listen = l;
+                    }
+                    Ok(c)
+                }) as chartbridge::server::Reloader
+            });
+            chartbridge::server::run(app, reload)
         }
     }
 }

@@ -50,6 +50,11 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~105 s
     Histogram::new(exponential_buckets(0.0001, 4.0, 11))
@@ -71,6 +76,7 @@ struct Metrics {
     disk_bytes: Gauge,
     disk_blobs: Gauge,
     write_failures: Counter,
+    reloads: Family<OutcomeLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -92,6 +98,7 @@ fn metrics() -> &'static Metrics {
             disk_bytes: Gauge::default(),
             disk_blobs: Gauge::default(),
             write_failures: Counter::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -163,6 +170,11 @@ fn metrics() -> &'static Metrics {
             "cache_write_failures",
             "Blobs served without caching because the disk refused the write",
             m.write_failures.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads on SIGHUP, by outcome (ok, refused)",
+            m.reloads.clone(),
         );
         Metrics { registry: r, ..m }
     })
@@ -309,6 +321,14 @@ pub fn flight_join() {
 
 pub fn cache_write_failure() {
     metrics().write_failures.inc();
+}
+
+pub fn config_reload(ok: bool) {
+    let outcome = if ok { "ok" } else { "refused" };
+    metrics()
+        .reloads
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
 }
 
 pub fn evicted() {

@@ -149,8 +149,44 @@ fn abort(why: String) -> Box<pingora::Error> {
     pingora::Error::explain(pingora::ErrorType::WriteError, why)
 }
 
-/// Runs the server until a signal stops it. Never returns.
-pub fn run(app: App) -> ! {
+/// Reads the configuration again for a reload (the `--config` file, with the command line's
+/// overrides), or says why it cannot.
+pub type Reloader = Box<dyn Fn() -> std::result::Result<crate::config::Config, String> + Send>;
+
+/// On SIGHUP, reloads the upstreams through `reload` (see `App::reload`), logging and counting
+/// the outcome; a refused reload keeps the running configuration. The handler is installed
+/// before this returns, so a SIGHUP never falls to the default action (exit).
+fn reload_on_sighup(app: Arc<App>, reload: Option<Reloader>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let mut hup = {
+        let _ctx = rt.enter();
+        signal(SignalKind::hangup())?
+    };
+    std::thread::Builder::new()
+        .name("chartbridge-sighup".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                while hup.recv().await.is_some() {
+                    let outcome = match &reload {
+                        None => Err("no --config file to read: the embedded default configuration cannot change".to_string()),
+                        Some(read) => read().and_then(|c| app.reload(c).map_err(|e| e.to_string())),
+                    };
+                    crate::metrics::config_reload(outcome.is_ok());
+                    match outcome {
+                        Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+                        Err(error) => tracing::error!(%error, "configuration not reloaded"),
+                    }
+                }
+            })
+        })?;
+    Ok(())
+}
+
+/// Runs the server until a signal stops it (SIGHUP reloads through `reload`). Never returns.
+pub fn run(app: App, reload: Option<Reloader>) -> ! {
     let listen = app.config().listen.to_string();
     let conf = ServerConf {
         threads: std::thread::available_parallelism()
@@ -166,6 +202,9 @@ pub fn run(app: App) -> ! {
     server.bootstrap();
     let metrics_listen = app.config().metrics_listen;
     let app = Arc::new(app);
+    if let Err(e) = reload_on_sighup(app.clone(), reload) {
+        tracing::error!(error = %e, "cannot watch SIGHUP; configuration reload is off");
+    }
     let mut service = Service::new(
         "chartbridge".to_string(),
         Http {

@@ -147,3 +147,107 @@ fn metrics_move_with_a_pull_and_health_is_not_traffic() {
         "health is not logged as traffic"
     );
 }
+
+/// SIGHUP reloads the upstreams without dropping connections: a download in flight on a
+/// removed upstream completes, an added upstream serves at once, the removed one is gone. A file
+/// that does not parse, or a change only a restart can apply (`listen`), is refused and the
+/// running configuration kept. The fault server is here only to hold a download open.
+#[test]
+fn sighup_reloads_upstreams_without_dropping_a_download() {
+    use crate::support::fault::{Behavior, FaultServer};
+    use std::time::{Duration, Instant};
+
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    let d = chartbridge::ids::Digest::of(&blob);
+    let other = b"another blob".to_vec();
+    let od = chartbridge::ids::Digest::of(&other);
+    let fake = FaultServer::start();
+    fake.route(
+        &format!("/v2/img/blobs/{d}"),
+        vec![Behavior::Stall {
+            body: blob.clone(),
+            send: blob.len() / 2,
+            pause: Duration::from_secs(3),
+        }],
+    );
+    fake.route(
+        &format!("/v2/img/blobs/{od}"),
+        vec![Behavior::ok(&other, "application/octet-stream")],
+    );
+    let bridge = chartbridge_full(&oci_upstream("a", &fake.url(), ""), "", None, &[], "info");
+    let u = bridge.url();
+    let conf_path = bridge.dir.path().join("config.yaml");
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    let head = conf.split("upstreams:\n").next().unwrap().to_string();
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &bridge.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let reloads = |outcome: &str| {
+        let text = get(&format!("{u}/metrics")).text().unwrap();
+        metric(
+            &text,
+            "chartbridge_config_reloads_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let download = {
+        let url = format!("{u}/v2/a/img/blobs/{d}");
+        std::thread::spawn(move || get(&url).bytes().map(|b| b.to_vec()))
+    };
+    std::thread::sleep(Duration::from_millis(500)); // the upstream is now stalled mid-body
+    std::fs::write(
+        &conf_path,
+        format!("{head}upstreams:\n{}", oci_upstream("b", &fake.url(), "")),
+    )
+    .unwrap();
+    hup();
+    wait_for("the reload", &|| reloads("ok") == 1.0);
+    let r = get(&format!("{u}/v2/b/img/blobs/{od}"));
+    assert_eq!(r.status(), 200, "the added upstream serves");
+    assert_eq!(r.bytes().unwrap().to_vec(), other);
+    assert_eq!(
+        oci_code(get(&format!("{u}/v2/a/img/blobs/{od}"))),
+        (404, "NAME_UNKNOWN".to_string()),
+        "the removed upstream is gone"
+    );
+    let got = download
+        .join()
+        .unwrap()
+        .expect("the download in flight completes");
+    assert!(got == blob, "and its bytes are right");
+
+    // a file that does not parse: refused, the running upstreams kept
+    std::fs::write(&conf_path, format!("{head}upstreams: [oops\n")).unwrap();
+    hup();
+    wait_for("the refusal", &|| reloads("refused") == 1.0);
+    assert_eq!(get(&format!("{u}/v2/b/img/blobs/{od}")).status(), 200);
+    // a new listen address needs a restart: refused too
+    let moved = head.replace(&format!("127.0.0.1:{}", bridge.port), "127.0.0.1:1");
+    assert_ne!(moved, head);
+    std::fs::write(
+        &conf_path,
+        format!("{moved}upstreams:\n{}", oci_upstream("c", &fake.url(), "")),
+    )
+    .unwrap();
+    hup();
+    wait_for("the second refusal", &|| reloads("refused") == 2.0);
+    assert_eq!(get(&format!("{u}/v2/b/img/blobs/{od}")).status(), 200);
+    let log = std::fs::read_to_string(bridge.dir.path().join("server.log")).unwrap();
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(
+        log.contains("listen changed: that needs a restart"),
+        "{log}"
+    );
+}
