@@ -17,6 +17,9 @@ RUNS = int(os.environ.get("RUNS", "3"))
 # only written by a full run.
 ONLY = os.environ.get("ONLY")
 DURATION = os.environ.get("DURATION", "4s")
+# COLD_CACHE=/dev/shm/x puts the cold-pull section's cache on that directory (e.g. a tmpfs), to
+# tell the disk's share of the cold-pull overhead from chartbridge's own.
+COLD_CACHE = os.environ.get("COLD_CACHE")
 SERVER_CPU, LOAD_CPU = "0", "1"
 WORK = tempfile.mkdtemp(prefix="cb-bench-")
 procs = []
@@ -275,9 +278,12 @@ def main():
         subprocess.run([HELM, "push", f"{chart_repo}/demo-0.1.0.tgz", f"oci://127.0.0.1:{reg_port}/charts", "--plain-http"],
                        check=True, capture_output=True, env=helm_env)
         cold = {"img_cb": [], "img_direct": [], "chart_cb": [], "chart_direct": []}
-        for _ in range(RUNS):
-            cb, cb_port = chartbridge(f"  - name: reg\n    kind: oci\n    url: http://127.0.0.1:{reg_port}\n")
-            for key, host in [("img_cb", f"127.0.0.1:{cb_port}/reg"), ("img_direct", f"127.0.0.1:{reg_port}")]:
+        for i in range(RUNS):
+            cache = tempfile.mkdtemp(dir=COLD_CACHE) if COLD_CACHE else None
+            cb, cb_port = chartbridge(f"  - name: reg\n    kind: oci\n    url: http://127.0.0.1:{reg_port}\n", cache)
+            # alternate which goes first, so neither always meets a colder registry page cache
+            order = [("img_cb", f"127.0.0.1:{cb_port}/reg"), ("img_direct", f"127.0.0.1:{reg_port}")]
+            for key, host in (order if i % 2 == 0 else order[::-1]):
                 dest = tempfile.mkdtemp(dir=WORK)
                 t, _ = timed(["skopeo", "copy", "--src-tls-verify=false", f"docker://{host}/bench/multi:v1.0.0", f"dir:{dest}"], env=skopeo_env)
                 cold[key].append(t)

@@ -139,10 +139,10 @@ impl OciUpstream {
                 let tags = Arc::new(this.fetch_tags(&r).await?);
                 this.tag_lists.insert(r.clone(), tags.clone()).await;
                 let json = serde_json::to_string(&*tags).unwrap_or_default();
-                let _ = this
-                    .refs
-                    .put_text(&this.ref_name("tags", &[&r]), &json)
-                    .await;
+                let (refs, name) = (this.refs.clone(), this.ref_name("tags", &[&r]));
+                persist(format!("tag list {r}"), async move {
+                    refs.put_text(&name, &json).await
+                });
                 Ok(tags)
             })
             .await;
@@ -281,8 +281,9 @@ impl OciUpstream {
                 } else {
                     this.get_tag(&r, &t).await?
                 };
+                let (refs, dd) = (this.refs.clone(), d.clone());
+                persist(format!("tag {r}:{t}"), async move { refs.put(&rn, &dd).await });
                 this.resolutions.insert((r, t), d.clone()).await;
-                this.refs.put(&rn, &d).await?;
                 Ok(d)
             })
             .await;
@@ -372,16 +373,18 @@ impl OciUpstream {
                     "manifest {d} has no media type and is not a manifest"
                 ))
             })?;
-        self.blobs.put(d, bytes.clone()).await?;
-        self.refs
-            .put_text(&format!("mediatype\0{d}"), &media_type)
-            .await?;
         let m = ServedManifest {
             bytes,
             digest: d.clone(),
             media_type,
         };
         self.manifests.insert(d.clone(), m.clone()).await;
+        let (blobs, refs, mm) = (self.blobs.clone(), self.refs.clone(), m.clone());
+        persist(format!("manifest {d}"), async move {
+            blobs.put(&mm.digest, mm.bytes).await?;
+            refs.put_text(&format!("mediatype\0{}", mm.digest), &mm.media_type)
+                .await
+        });
         Ok(m)
     }
 
@@ -475,6 +478,17 @@ impl OciUpstream {
             .to_string();
         Ok((status, ct, r.bytes(MAX_MANIFEST).await?))
     }
+}
+
+/// Writes to disk off the response path. The answer is already in memory for this process;
+/// the write (temp file, fsync, rename: atomic and durable) is for a restart, so a client
+/// need not wait for the fsync. A failed write only costs a restart one upstream request.
+fn persist(what: String, write: impl std::future::Future<Output = Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = write.await {
+            tracing::warn!(%what, error = %e, "not persisted; a restart will ask the upstream again");
+        }
+    });
 }
 
 /// The `last` parameter of a tag list's `Link: <...?n=..&last=..>; rel="next"`.
