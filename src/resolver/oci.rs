@@ -282,7 +282,10 @@ impl OciUpstream {
                     this.get_tag(&r, &t).await?
                 };
                 let (refs, dd) = (this.refs.clone(), d.clone());
-                persist(format!("tag {r}:{t}"), async move { refs.put(&rn, &dd).await });
+                persist(
+                    format!("tag {r}:{t}"),
+                    async move { refs.put(&rn, &dd).await },
+                );
                 this.resolutions.insert((r, t), d.clone()).await;
                 Ok(d)
             })
