@@ -107,6 +107,18 @@ def chartbridge(upstreams, cache=None):
     return p, port
 
 
+def demo_chart(made={}):
+    """`helm create` + `helm package` of a demo chart, once per run: (its directory, helm's env)."""
+    if not made:
+        made["dir"] = os.path.join(WORK, "charts")
+        os.makedirs(made["dir"])
+        made["env"] = dict(os.environ, HOME=tempfile.mkdtemp(dir=WORK))
+        subprocess.run([HELM, "create", f"{WORK}/demo"], check=True, capture_output=True, env=made["env"])
+        subprocess.run([HELM, "package", f"{WORK}/demo", "-d", made["dir"]], check=True, capture_output=True,
+                       env=made["env"])
+    return made["dir"], made["env"]
+
+
 def rss_kb(pid):
     fields = {}
     for line in open(f"/proc/{pid}/status"):
@@ -270,11 +282,7 @@ def main():
     if want("cold"):
         # cold pull of a 4-layer image (20 MB) and of a chart, each run on an empty cache
         skopeo_env = dict(os.environ, HOME=WORK)
-        chart_repo = os.path.join(WORK, "charts")
-        os.makedirs(chart_repo)
-        helm_env = dict(os.environ, HOME=tempfile.mkdtemp(dir=WORK))
-        subprocess.run([HELM, "create", f"{WORK}/demo"], check=True, capture_output=True, env=helm_env)
-        subprocess.run([HELM, "package", f"{WORK}/demo", "-d", chart_repo], check=True, capture_output=True, env=helm_env)
+        chart_repo, helm_env = demo_chart()
         subprocess.run([HELM, "push", f"{chart_repo}/demo-0.1.0.tgz", f"oci://127.0.0.1:{reg_port}/charts", "--plain-http"],
                        check=True, capture_output=True, env=helm_env)
         cold = {"img_cb": [], "img_direct": [], "chart_cb": [], "chart_direct": []}
@@ -303,7 +311,7 @@ def main():
         # the 15k-version index
         big = os.path.join(WORK, "bigrepo")
         os.makedirs(big)
-        shutil.copy(f"{chart_repo}/demo-0.1.0.tgz", big)
+        shutil.copy(f"{demo_chart()[0]}/demo-0.1.0.tgz", big)
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gen-index.py"), "150", "100",
                         f"{big}/index.yaml", f"{big}/demo-0.1.0.tgz"], check=True)
         stop(web)

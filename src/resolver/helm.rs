@@ -37,7 +37,12 @@ pub struct IndexState {
     fetched_at: Instant,
     /// True when this copy came from disk and was never confirmed by the upstream.
     from_disk: bool,
+    /// Each chart's tag list, computed once per index content (a busy tags/list would
+    /// otherwise parse and sort every version on every request).
+    tag_lists: TagLists,
 }
+
+type TagLists = Arc<Mutex<HashMap<String, Arc<Vec<String>>>>>;
 
 /// What the index says a tag resolves to.
 pub struct Resolved {
@@ -172,6 +177,7 @@ impl HelmUpstream {
                     validators: p.validators.clone(),
                     fetched_at: Instant::now(),
                     from_disk: false,
+                    tag_lists: p.tag_lists.clone(),
                 })
             }
             Ok(Fetch::Body { bytes, validators }) => {
@@ -229,6 +235,7 @@ impl HelmUpstream {
                 validators,
                 fetched_at: Instant::now(),
                 from_disk: false,
+                tag_lists: TagLists::default(),
             }))
         })
         .await
@@ -284,16 +291,33 @@ impl HelmUpstream {
     }
 
     /// The chart's OCI tags (valid tags only), with `latest` where it is synthesised.
-    pub async fn tags(self: &Arc<Self>, chart: &str) -> Result<Vec<String>> {
+    pub async fn tags(self: &Arc<Self>, chart: &str) -> Result<Arc<Vec<String>>> {
         let state = self.index().await?;
+        let cached = state
+            .tag_lists
+            .lock()
+            .expect("tag lists")
+            .get(chart)
+            .cloned();
+        if let Some(tags) = cached {
+            return Ok(tags);
+        }
         let versions: Vec<&str> = Self::entries(&state, chart)?
             .iter()
             .map(|v| v.version.as_str())
             .collect();
-        Ok(version::tag_list(&versions)
-            .into_iter()
-            .filter(|t| t.parse::<Tag>().is_ok())
-            .collect())
+        let tags: Arc<Vec<String>> = Arc::new(
+            version::tag_list(&versions)
+                .into_iter()
+                .filter(|t| t.parse::<Tag>().is_ok())
+                .collect(),
+        );
+        state
+            .tag_lists
+            .lock()
+            .expect("tag lists")
+            .insert(chart.to_string(), tags.clone());
+        Ok(tags)
     }
 
     /// Resolves a tag to a version of the chart.

@@ -41,7 +41,7 @@ pub async fn tags(
 ) -> Result<Response> {
     let all = match src {
         Source::Helm(h) => h.tags(chart(repo)?).await?,
-        Source::Oci(o) => o.tags(repo).await?,
+        Source::Oci(o) => std::sync::Arc::new(o.tags(repo).await?),
     };
     let start = match last {
         Some(l) => all.partition_point(|t| t.as_str() <= l),
