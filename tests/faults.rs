@@ -604,5 +604,10 @@ fn followers_stream_while_the_upstream_stalls(good: Vec<u8>) {
         );
     }
     assert_eq!(fake.hits(&path), 1, "one upstream request");
+    // the durable commit (fsync, rename) follows the clients' last byte
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cached(&bridge, &d) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(cached(&bridge, &d), "and the blob is cached");
 }

@@ -236,8 +236,12 @@ impl OciUpstream {
         if let Err(e) = writer.verify() {
             return fail(e, &tx);
         }
-        if let (Some(t), Some(last)) = (tee, &held) {
-            t.release(last.clone());
+        if let Some(t) = tee {
+            if let Some(last) = &held {
+                t.release(last.clone());
+            }
+            // Followers end with the verified bytes too, not after the durable commit.
+            t.finish(Ok(()));
         }
         if let (true, Some(last)) = (client, held) {
             let _ = tx.send(Ok(last)).await;
