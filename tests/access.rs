@@ -2,8 +2,6 @@
 //! --username/--password` on the HTTP mirror, static bearer tokens, anonymous upstreams beside
 //! protected ones, and no credential in the logs.
 
-use std::process::Command;
-
 use crate::support::*;
 
 #[test]
@@ -12,15 +10,7 @@ fn protected_upstreams_need_credentials_that_helm_and_tokens_provide() {
     repo.index(None);
     let web = nginx(repo.dir.path());
     let secrets = tempfile::tempdir().unwrap();
-    let htpasswd = Command::new("/usr/bin/htpasswd")
-        .args(["-Bbn", "alice", "wonder-pw"])
-        .output()
-        .unwrap();
-    assert!(
-        htpasswd.status.success(),
-        "htpasswd is missing: run scripts/test.sh"
-    );
-    std::fs::write(secrets.path().join("htpasswd"), htpasswd.stdout).unwrap();
+    write_htpasswd(&secrets.path().join("htpasswd"), "alice", "wonder-pw");
     std::fs::write(secrets.path().join("tokens"), "ci-token-42\n").unwrap();
     let ups = format!(
         "{}    access: {{htpasswd_file: {}, tokens_file: {}}}\n{}",

@@ -93,15 +93,7 @@ fn ctr_pulls_an_image_through_chartbridge_with_ns_routing() {
 
     // a protected upstream: containerd's host credentials (`--user`) answer the Basic challenge
     let secrets = tempfile::tempdir().unwrap();
-    let htpasswd = Command::new("/usr/bin/htpasswd")
-        .args(["-Bbn", "alice", "wonder-pw"])
-        .output()
-        .unwrap();
-    assert!(
-        htpasswd.status.success(),
-        "htpasswd is missing: run scripts/test.sh"
-    );
-    std::fs::write(secrets.path().join("htpasswd"), htpasswd.stdout).unwrap();
+    write_htpasswd(&secrets.path().join("htpasswd"), "alice", "wonder-pw");
     let protected = chartbridge_full(
         &format!(
             "{}    access: {{htpasswd_file: {}}}\n",

@@ -400,6 +400,16 @@ pub fn raw_get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Writes an htpasswd file with one bcrypt entry, made by Apache's `htpasswd`.
+pub fn write_htpasswd(path: &Path, user: &str, password: &str) {
+    let out = Command::new(require("/usr/bin/htpasswd"))
+        .args(["-Bbn", user, password])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "htpasswd failed: {out:?}");
+    std::fs::write(path, out.stdout).unwrap();
+}
+
 /// Sends `raw` bytes as a request and returns whatever comes back before the connection ends
 /// (write and read errors end the exchange: the server may close on a bad request).
 pub fn raw_exchange(port: u16, raw: &[u8]) -> String {
