@@ -27,22 +27,36 @@ use crate::upstream::{redact, Fetch, OciChart, Registry, UpstreamClient, Validat
 /// How long to wait before retrying a failed index refresh while serving the stale copy.
 const REFRESH_RETRY: Duration = Duration::from_secs(10);
 
-/// One parsed index and what is derived from it.
-pub struct IndexState {
+/// One parsed index and what is derived from it. A refresh that finds the upstream unchanged
+/// shares it rather than copying it.
+pub struct IndexContent {
     pub index: IndexFile,
     /// The mirror's index.yaml bytes (URLs rewritten) and their strong ETag.
     pub rewritten: Bytes,
     pub etag: String,
     validators: Validators,
+    /// Each chart's tag list, computed on first use (a busy tags/list would otherwise parse
+    /// and sort every version on every request).
+    tag_lists: Mutex<HashMap<String, Arc<Vec<String>>>>,
+}
+
+/// The index as last seen, and how fresh that is.
+pub struct IndexState {
+    pub content: Arc<IndexContent>,
     fetched_at: Instant,
     /// True when this copy came from disk and was never confirmed by the upstream.
     from_disk: bool,
-    /// Each chart's tag list, computed once per index content (a busy tags/list would
-    /// otherwise parse and sort every version on every request).
-    tag_lists: TagLists,
 }
 
-type TagLists = Arc<Mutex<HashMap<String, Arc<Vec<String>>>>>;
+impl IndexState {
+    fn new(content: Arc<IndexContent>, from_disk: bool) -> Arc<IndexState> {
+        Arc::new(IndexState {
+            content,
+            fetched_at: Instant::now(),
+            from_disk,
+        })
+    }
+}
 
 /// What the index says a tag resolves to.
 pub struct Resolved {
@@ -152,7 +166,7 @@ impl HelmUpstream {
         let previous = self.current();
         let validators = previous
             .as_ref()
-            .map(|s| s.validators.clone())
+            .map(|s| s.content.validators.clone())
             .unwrap_or_default();
         let url = self.index_url()?;
         let name = self.config.name.as_str();
@@ -169,24 +183,15 @@ impl HelmUpstream {
         let state = match fetched {
             Ok(Fetch::NotModified) if previous.is_some() => {
                 crate::metrics::index_refresh(name, "not_modified");
-                let p = previous.expect("checked");
-                Arc::new(IndexState {
-                    index: p.index.clone(),
-                    rewritten: p.rewritten.clone(),
-                    etag: p.etag.clone(),
-                    validators: p.validators.clone(),
-                    fetched_at: Instant::now(),
-                    from_disk: false,
-                    tag_lists: p.tag_lists.clone(),
-                })
+                IndexState::new(previous.expect("checked").content.clone(), false)
             }
             Ok(Fetch::Body { bytes, validators }) => {
-                let state = Self::build_state(bytes.clone(), validators.clone(), self.limits)
+                let content = Self::build_content(bytes.clone(), validators.clone(), self.limits)
                     .await
                     .inspect_err(|_| crate::metrics::index_refresh(name, "invalid"))?;
                 crate::metrics::index_refresh(name, "updated");
                 self.persist(&bytes, &validators).await;
-                state
+                IndexState::new(content, false)
             }
             Ok(Fetch::NotModified) => {
                 return Err(Error::upstream_invalid(format!(
@@ -212,11 +217,11 @@ impl HelmUpstream {
     }
 
     /// Parses and rewrites an index off the async threads (a big index takes a second).
-    async fn build_state(
+    async fn build_content(
         bytes: Bytes,
         validators: Validators,
         limits: Limits,
-    ) -> Result<Arc<IndexState>> {
+    ) -> Result<Arc<IndexContent>> {
         let max_bytes = usize::try_from(limits.max_index_bytes).unwrap_or(usize::MAX);
         tokio::task::spawn_blocking(move || {
             let index = parse_index(
@@ -228,14 +233,12 @@ impl HelmUpstream {
             )?;
             let rewritten = Bytes::from(rewrite_index(&index));
             let etag = format!("\"{}\"", Digest::of(&rewritten).hex());
-            Ok(Arc::new(IndexState {
+            Ok(Arc::new(IndexContent {
                 index,
                 rewritten,
                 etag,
                 validators,
-                fetched_at: Instant::now(),
-                from_disk: false,
-                tag_lists: TagLists::default(),
+                tag_lists: Mutex::default(),
             }))
         })
         .await
@@ -268,17 +271,16 @@ impl HelmUpstream {
             etag: meta["etag"].as_str().map(str::to_string),
             last_modified: meta["last_modified"].as_str().map(str::to_string),
         };
-        let state = Self::build_state(Bytes::from(raw), validators, self.limits)
+        let content = Self::build_content(Bytes::from(raw), validators, self.limits)
             .await
             .ok()?;
-        let mut s = Arc::try_unwrap(state).ok()?;
-        s.from_disk = true;
-        Some(Arc::new(s))
+        Some(IndexState::new(content, true))
     }
 
     /// The chart's entries, or NAME_UNKNOWN.
     fn entries<'a>(state: &'a IndexState, chart: &str) -> Result<&'a [ChartVersion]> {
         state
+            .content
             .index
             .versions(chart)
             .filter(|v| !v.is_empty())
@@ -294,6 +296,7 @@ impl HelmUpstream {
     pub async fn tags(self: &Arc<Self>, chart: &str) -> Result<Arc<Vec<String>>> {
         let state = self.index().await?;
         let cached = state
+            .content
             .tag_lists
             .lock()
             .expect("tag lists")
@@ -313,6 +316,7 @@ impl HelmUpstream {
                 .collect(),
         );
         state
+            .content
             .tag_lists
             .lock()
             .expect("tag lists")
@@ -359,12 +363,17 @@ impl HelmUpstream {
     /// One index entry, or NotFound.
     async fn entry(self: &Arc<Self>, chart: &str, version: &str) -> Result<ChartVersion> {
         let state = self.index().await?;
-        state.index.find(chart, version).cloned().ok_or_else(|| {
-            Error::new(
-                Kind::NotFound,
-                format!("no chart {chart} {version} upstream"),
-            )
-        })
+        state
+            .content
+            .index
+            .find(chart, version)
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::NotFound,
+                    format!("no chart {chart} {version} upstream"),
+                )
+            })
     }
 
     /// The chart archive bytes, verified against the index digest when the index has one.
@@ -488,6 +497,7 @@ impl HelmUpstream {
         // Keyed by the index digest too: a republished archive gets its own manifest.
         let state = self.index().await?;
         let entry_digest = state
+            .content
             .index
             .find(chart, version)
             .map(|e| e.digest.clone())
@@ -510,6 +520,7 @@ impl HelmUpstream {
                 let created = this
                     .index()
                     .await?
+                    .content
                     .index
                     .find(&c, &v)
                     .and_then(|e| e.created.clone());

@@ -15,7 +15,7 @@ pub async fn index(src: &Source, repo: Option<&RepoName>, req: &Request) -> Resu
     let (bytes, etag): (Bytes, String) = match (src, repo) {
         (Source::Helm(up), None) => {
             let state = up.index().await?;
-            (state.rewritten.clone(), state.etag.clone())
+            (state.content.rewritten.clone(), state.content.etag.clone())
         }
         (Source::Helm(up), Some(r)) => {
             return Err(Error::new(
