@@ -39,18 +39,14 @@ fn protected_upstreams_need_credentials_that_helm_and_tokens_provide() {
     assert_eq!(get(&format!("{u}/v2/pub/demo/tags/list")).status(), 200);
 
     // static bearer token
-    let ok = client()
-        .get(format!("{u}/v2/priv/demo/tags/list"))
-        .bearer_auth("ci-token-42")
-        .send()
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    let bad = client()
-        .get(format!("{u}/v2/priv/demo/tags/list"))
-        .bearer_auth("nope")
-        .send()
-        .unwrap();
-    assert_eq!(bad.status(), 401);
+    for (token, status) in [("ci-token-42", 200), ("nope", 401)] {
+        let r = client()
+            .get(format!("{u}/v2/priv/demo/tags/list"))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), status, "token {token:?}");
+    }
 
     let out = tempfile::tempdir().unwrap();
     let out_s = out.path().to_str().unwrap();
@@ -89,21 +85,16 @@ fn protected_upstreams_need_credentials_that_helm_and_tokens_provide() {
             "wonder-pw",
             plain,
         ]);
-        helm.run(&[
-            "pull",
-            &format!("oci://{}/priv/demo", bridge.host()),
-            "--version",
-            "0.1.0",
-            "--plain-http",
-            "-d",
-            out_s,
-        ]);
         assert_eq!(
-            std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+            helm.pull_oci(
+                &format!("{}/priv/demo", bridge.host()),
+                "0.1.0",
+                out.path(),
+                "demo-0.1.0.tgz"
+            ),
             repo.bytes("demo-0.1.0.tgz"),
             "helm {v}"
         );
-        std::fs::remove_file(out.path().join("demo-0.1.0.tgz")).unwrap();
         // the HTTP mirror with repo credentials
         assert!(helm
             .try_run(&["repo", "add", "nocreds", &format!("{u}/priv")])

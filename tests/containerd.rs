@@ -59,14 +59,7 @@ fn ctr_pulls_an_image_through_chartbridge_with_ns_routing() {
     let reg = registry();
     let layouts = tempfile::tempdir().unwrap();
     make_image_layout(&layouts.path().join("l"), "v1.2.0", 1 << 20, 3);
-    skopeo(&[
-        "copy",
-        "--all",
-        &format!("oci:{}:v1.2.0", layouts.path().join("l").display()),
-        &format!("docker://{}/test/hello:v1.2.0", reg.host()),
-        "--dest-tls-verify=false",
-    ])
-    .unwrap();
+    push_layout(&layouts.path().join("l"), "v1.2.0", &reg, "test/hello");
     let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
     let ctd = containerd();
     let image = format!("{}/test/hello:v1.2.0", reg.host());

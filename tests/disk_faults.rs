@@ -10,14 +10,7 @@ fn a_full_disk_streams_through_uncached_and_says_so() {
     let layouts = tempfile::tempdir().unwrap();
     let layout = layouts.path().join("l");
     make_image_layout(&layout, "v1", 3 << 20, 11);
-    skopeo(&[
-        "copy",
-        "--all",
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{}/test/full:v1", reg.host()),
-        "--dest-tls-verify=false",
-    ])
-    .unwrap();
+    push_layout(&layout, "v1", &reg, "test/full");
     let mut layers: Vec<(String, Vec<u8>)> = std::fs::read_dir(layout.join("blobs/sha256"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -14,21 +14,13 @@ fn pulls_through_both_views(absolute_urls: bool) {
         let out_s = out.path().to_str().unwrap();
 
         // OCI view
-        let oci = format!("oci://{}/charts/demo", bridge.host());
-        helm.run(&[
-            "pull",
-            &oci,
-            "--version",
-            "0.1.0",
-            "--plain-http",
-            "-d",
-            out_s,
-        ]);
+        let chart_ref = format!("{}/charts/demo", bridge.host());
         assert_eq!(
-            std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap(),
+            helm.pull_oci(&chart_ref, "0.1.0", out.path(), "demo-0.1.0.tgz"),
             original,
             "helm {v} OCI pull: bytes differ from upstream"
         );
+        let oci = format!("oci://{chart_ref}");
         let shown = helm.run(&["show", "chart", &oci, "--version", "0.1.0", "--plain-http"]);
         assert!(shown.contains("name: demo"), "helm {v} show chart: {shown}");
         let rendered = helm.run(&["template", "t", &oci, "--version", "0.1.0", "--plain-http"]);
@@ -36,7 +28,6 @@ fn pulls_through_both_views(absolute_urls: bool) {
             rendered.contains("kind: Deployment"),
             "helm {v} template: {rendered}"
         );
-        std::fs::remove_file(out.path().join("demo-0.1.0.tgz")).unwrap();
 
         // HTTP mirror view
         helm.run(&["repo", "add", "mirror", &format!("{}/charts", bridge.url())]);

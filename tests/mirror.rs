@@ -125,16 +125,12 @@ fn a_restart_with_the_upstream_down_serves_from_disk() {
         let helm = Helm::new(v);
         let out = tempfile::tempdir().unwrap();
         let out_s = out.path().to_str().unwrap();
-        helm.run(&[
-            "pull",
-            &format!("oci://{}/up/demo", second.host()),
-            "--version",
+        helm.pull_oci(
+            &format!("{}/up/demo", second.host()),
             "0.1.0",
-            "--plain-http",
-            "-d",
-            out_s,
-        ]);
-        std::fs::remove_file(out.path().join("demo-0.1.0.tgz")).unwrap();
+            out.path(),
+            "demo-0.1.0.tgz",
+        );
         helm.run(&["repo", "add", "m", &format!("{u}/up")]);
         helm.run(&["pull", "m/demo", "-d", out_s]);
         assert_eq!(

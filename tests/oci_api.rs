@@ -345,21 +345,11 @@ fn provenance_file_becomes_a_layer() {
     let out = tempfile::tempdir().unwrap();
     for host in [reg.host(), format!("{}/up", bridge.host())] {
         let from = if host.ends_with("/up") {
-            format!("oci://{host}/demo")
+            format!("{host}/demo")
         } else {
-            format!("oci://{host}/p/demo")
+            format!("{host}/p/demo")
         };
-        let e = h318
-            .try_run(&[
-                "pull",
-                &from,
-                "--version",
-                "0.1.0",
-                "--plain-http",
-                "-d",
-                out.path().to_str().unwrap(),
-            ])
-            .unwrap_err();
+        let e = h318.try_pull_oci(&from, "0.1.0", out.path()).unwrap_err();
         assert!(e.contains("is not allowed"), "{e}");
     }
 }

@@ -28,14 +28,7 @@ fn push_images(reg: &Proc) -> tempfile::TempDir {
     for (i, tag) in ["v1.2.0", "v1.10.0", "v1.11.0-rc.1"].iter().enumerate() {
         let dir = layouts.path().join(tag);
         make_image_layout(&dir, tag, 3 << 20, i as u64 + 7);
-        skopeo(&[
-            "copy",
-            "--all",
-            &format!("oci:{}:{tag}", dir.display()),
-            &format!("docker://{}/test/hello:{tag}", reg.host()),
-            "--dest-tls-verify=false",
-        ])
-        .unwrap();
+        push_layout(&dir, tag, reg, "test/hello");
     }
     layouts
 }
@@ -245,17 +238,8 @@ fn a_second_pull_succeeds_from_cache_with_the_upstream_stopped() {
     let first = tempfile::tempdir().unwrap();
     copy(first.path().to_str().unwrap()).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let pull = |v: &str| {
-        Helm::new(v).try_run(&[
-            "pull",
-            &format!("oci://{b}/reg/charts/demo"),
-            "--version",
-            "0.1.0",
-            "--plain-http",
-            "-d",
-            out.path().to_str().unwrap(),
-        ])
-    };
+    let pull =
+        |v: &str| Helm::new(v).try_pull_oci(&format!("{b}/reg/charts/demo"), "0.1.0", out.path());
     pull("v4.1.4").unwrap();
     skopeo(&[
         "list-tags",

@@ -36,15 +36,11 @@ fn creds_yaml(dir: &std::path::Path, user: &str, pass: &str) -> String {
 
 fn pull(bridge: &Proc, up: &str) -> Result<Vec<u8>, String> {
     let out = tempfile::tempdir().unwrap();
-    Helm::new("v4.1.4").try_run(&[
-        "pull",
-        &format!("oci://{}/{up}/charts/demo", bridge.host()),
-        "--version",
+    Helm::new("v4.1.4").try_pull_oci(
+        &format!("{}/{up}/charts/demo", bridge.host()),
         "0.1.0",
-        "--plain-http",
-        "-d",
-        out.path().to_str().unwrap(),
-    ])?;
+        out.path(),
+    )?;
     Ok(std::fs::read(out.path().join("demo-0.1.0.tgz")).unwrap())
 }
 

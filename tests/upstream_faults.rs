@@ -28,15 +28,7 @@ fn a_tarball_that_does_not_match_its_index_digest_is_refused_and_not_cached() {
         .contains("does not match its index digest"));
     let helm = Helm::new("v4.1.4");
     let out = tempfile::tempdir().unwrap();
-    let pulled = helm.try_run(&[
-        "pull",
-        &format!("oci://{}/up/demo", bridge.host()),
-        "--version",
-        "0.1.0",
-        "--plain-http",
-        "-d",
-        out.path().to_str().unwrap(),
-    ]);
+    let pulled = helm.try_pull_oci(&format!("{}/up/demo", bridge.host()), "0.1.0", out.path());
     assert!(pulled.is_err(), "helm must not get a corrupt chart");
     let bad_digest = chartbridge::ids::Digest::of(&bad);
     let cache = bridge.dir.path().join("cache").join("sha256");

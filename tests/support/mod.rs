@@ -274,7 +274,18 @@ impl Helm {
     /// `helm pull oci://<from> --version <v> --plain-http -d <dest>`, returning the bytes of
     /// the pulled archive named `file`.
     pub fn pull_oci(&self, from: &str, version: &str, dest: &Path, file: &str) -> Vec<u8> {
-        self.run(&[
+        if let Err(e) = self.try_pull_oci(from, version, dest) {
+            panic!("helm pull oci://{from} --version {version} failed: {e}");
+        }
+        let path = dest.join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(path).unwrap();
+        bytes
+    }
+
+    /// `helm pull oci://<from> --version <v> --plain-http -d <dest>`, helm's stderr on failure.
+    pub fn try_pull_oci(&self, from: &str, version: &str, dest: &Path) -> Result<String, String> {
+        self.try_run(&[
             "pull",
             &format!("oci://{from}"),
             "--version",
@@ -282,28 +293,30 @@ impl Helm {
             "--plain-http",
             "-d",
             dest.to_str().unwrap(),
-        ]);
-        let path = dest.join(file);
-        let bytes = std::fs::read(&path).unwrap();
-        std::fs::remove_file(path).unwrap();
-        bytes
+        ])
     }
 
     pub fn try_run(&self, args: &[&str]) -> Result<String, String> {
         let h = self.home.path();
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("HOME", h)
-            .env("HELM_CACHE_HOME", h.join("cache"))
-            .env("HELM_CONFIG_HOME", h.join("config"))
-            .env("HELM_DATA_HOME", h.join("data"))
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        stdout_or_stderr(
+            Command::new(&self.bin)
+                .args(args)
+                .env("HOME", h)
+                .env("HELM_CACHE_HOME", h.join("cache"))
+                .env("HELM_CONFIG_HOME", h.join("config"))
+                .env("HELM_DATA_HOME", h.join("data"))
+                .output()
+                .unwrap(),
+        )
+    }
+}
+
+/// A finished command's stdout when it succeeded, else its stderr.
+fn stdout_or_stderr(out: std::process::Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 
@@ -379,15 +392,10 @@ pub fn oci_code(resp: reqwest::blocking::Response) -> (u16, String) {
 
 /// Sends `path` exactly as given (HTTP clients normalise `..` away): returns status and body.
 pub fn raw_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = raw_exchange(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
     let status = out
         .split(' ')
         .nth(1)
@@ -431,16 +439,26 @@ pub fn raw_exchange(port: u16, raw: &[u8]) -> String {
 /// `skopeo`, with TLS verification off (every peer here is plain HTTP on loopback).
 pub fn skopeo(args: &[&str]) -> Result<String, String> {
     let bin = require("/usr/bin/skopeo");
-    let out = Command::new(bin)
-        .args(args)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    stdout_or_stderr(
+        Command::new(bin)
+            .args(args)
+            .env("HOME", std::env::temp_dir())
+            .output()
+            .unwrap(),
+    )
+}
+
+/// Pushes every platform of the image tagged `tag` in the OCI layout at `layout` to the
+/// registry `reg` as `<repo>:<tag>`.
+pub fn push_layout(layout: &Path, tag: &str, reg: &Proc, repo: &str) {
+    skopeo(&[
+        "copy",
+        "--all",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{}/{repo}:{tag}", reg.host()),
+        "--dest-tls-verify=false",
+    ])
+    .unwrap();
 }
 
 /// Builds a multi-arch OCI image layout (amd64 + arm64, one layer each of `layer_bytes`
