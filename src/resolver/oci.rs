@@ -64,6 +64,8 @@ pub struct OciUpstream {
     failures: moka::future::Cache<String, Error>,
     /// In-flight blob fetches whose bytes followers can stream.
     tees: std::sync::Mutex<std::collections::HashMap<Digest, Arc<crate::cache::Tee>>>,
+    /// Woken when a tee joins `tees`, so followers waiting for one need not poll.
+    tee_added: tokio::sync::Notify,
 }
 
 impl OciUpstream {
@@ -101,6 +103,7 @@ impl OciUpstream {
             blob_flight: Flight::default(),
             index_entries: moka::future::Cache::builder().max_capacity(100_000).build(),
             tees: Default::default(),
+            tee_added: tokio::sync::Notify::new(),
             failures: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(NEGATIVE_TTL)

@@ -82,6 +82,9 @@ impl OciUpstream {
             // without one it waits for the fetch and reads the cache.
             let mut done = done;
             loop {
+                let added = self.tee_added.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
                 if !range {
                     let tee = self.tees.lock().expect("tees poisoned").get(d).cloned();
                     if let Some(tee) = tee.filter(|t| t.is_open()) {
@@ -93,7 +96,7 @@ impl OciUpstream {
                         r?;
                         break;
                     }
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    _ = added => {}
                 }
             }
             if let Some(data) = self.blobs.read(d).await? {
@@ -163,6 +166,7 @@ impl OciUpstream {
                 .lock()
                 .expect("tees poisoned")
                 .insert(d.clone(), t.clone());
+            self.tee_added.notify_waiters();
             t
         });
         let result = self
