@@ -26,6 +26,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The JSON index test reads indexes with PyYAML, as YAML tools would.
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml \
+  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml >/dev/null
+
 # The test token realm (tests/peers/token_server.py) signs JWTs with `cryptography`.
 python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install --quiet cryptography \
   || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-cryptography >/dev/null

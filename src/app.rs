@@ -11,15 +11,16 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::access::Access;
-use crate::cache::{BlobCache, DiskStore, MemoryStore, RefStore};
+use crate::access::{Access, Throttle};
+use crate::cache::{BlobCache, DiskRefs, DiskStore, Links, MemoryStore, RefStore};
 use crate::config::Config;
 use crate::config::UpstreamKind;
 use crate::error::{Error, Kind, Result};
 use crate::http::{error_response, Api, Request, Response};
 use crate::ids::RepoName;
 use crate::ids::UpstreamName;
-use crate::resolver::{HelmUpstream, OciUpstream, Source};
+use crate::resolver::helm::IndexMemory;
+use crate::resolver::{HelmUpstream, OciUpstream, Source, Stores};
 use crate::route::{self, OciOp, Route};
 use crate::upstream::UpstreamClient;
 use crate::views;
@@ -28,8 +29,10 @@ pub struct App {
     /// The configuration the process started with: listeners, grace period and cache, which
     /// only a restart changes.
     started: Config,
-    blobs: Arc<BlobCache>,
-    refs: Arc<RefStore>,
+    /// The cache every upstream shares (kept across reloads).
+    stores: Stores,
+    /// Bounds bcrypt work and backs off addresses that keep failing, across upstreams.
+    throttle: Throttle,
     /// The upstreams and routing, replaced whole by a reload. A request works on the `Live`
     /// it started with, so a reload never disturbs one in flight.
     live: ArcSwap<Live>,
@@ -52,12 +55,19 @@ impl App {
             MemoryStore::new(config.cache.max_memory_bytes),
             Arc::new(disk),
         ));
-        let refs = Arc::new(RefStore::open(dir)?);
-        let live = Live::build(config.clone(), &blobs, &refs)?;
+        let refs: Arc<dyn RefStore> = Arc::new(DiskRefs::open(dir)?);
+        let stores = Stores {
+            blobs,
+            links: Arc::new(Links::new(refs.clone())),
+            refs,
+            indexes: Arc::new(IndexMemory::new(config.cache.max_index_memory_bytes)),
+            dir: dir.clone(),
+        };
+        let live = Live::build(config.clone(), &stores)?;
         Ok(App {
             started: config,
-            blobs,
-            refs,
+            stores,
+            throttle: Throttle::default(),
             live: ArcSwap::from_pointee(live),
         })
     }
@@ -65,6 +75,11 @@ impl App {
     /// The configuration the process started with (listeners, cache, grace period).
     pub fn config(&self) -> &Config {
         &self.started
+    }
+
+    /// The limits in force now (a reload may change them).
+    pub fn limits(&self) -> crate::config::Limits {
+        self.live.load().config.limits
     }
 
     /// Replaces the upstreams, limits and default upstream with those of `new`, for requests
@@ -95,7 +110,7 @@ impl App {
                 ),
             ));
         }
-        let live = Live::build(new, &self.blobs, &self.refs)?;
+        let live = Live::build(new, &self.stores)?;
         let old = self.live.load();
         let names = |l: &Live| -> Vec<String> {
             l.config
@@ -191,7 +206,16 @@ impl App {
                 let auth = req.authorization.as_deref();
                 let ok = match auth {
                     None => protected.iter().all(|a| a.anonymous),
-                    Some(h) => protected.is_empty() || protected.iter().any(|a| a.valid(h)),
+                    Some(h) => {
+                        let mut any = protected.is_empty();
+                        for a in &protected {
+                            if any {
+                                break;
+                            }
+                            any = a.valid(h, req.client, &self.throttle).await?;
+                        }
+                        any
+                    }
                 };
                 if !ok {
                     return Err(Access::refuse(auth));
@@ -200,7 +224,7 @@ impl App {
             }
             Route::Oci { name, ns, op } => {
                 let (src, repo) = live.select(&name, ns.as_deref())?;
-                authorize(src, req)?;
+                self.authorize(src, req).await?;
                 match op {
                     OciOp::Tags { n, last } => {
                         views::oci::tags(src, &name, &repo, n, last.as_deref(), req).await
@@ -216,7 +240,7 @@ impl App {
             }
             Route::MirrorIndex { upstream, repo } => {
                 let src = live.upstream(&upstream)?;
-                authorize(src, req)?;
+                self.authorize(src, req).await?;
                 views::mirror::index(src, repo.as_ref(), req).await
             }
             Route::MirrorArchive {
@@ -227,7 +251,7 @@ impl App {
                 prov,
             } => {
                 let src = live.upstream(&upstream)?;
-                authorize(src, req)?;
+                self.authorize(src, req).await?;
                 views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req).await
             }
             Route::Metrics => Ok(Response::new(200).with_body(
@@ -255,31 +279,36 @@ impl App {
     }
 }
 
+impl App {
+    /// Refuses a request to a protected upstream without credentials it accepts.
+    async fn authorize(&self, src: &Source, req: &Request) -> Result<()> {
+        match &src.config().access {
+            Some(a) => {
+                a.check(req.authorization.as_deref(), req.client, &self.throttle)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl Live {
     /// Builds every configured upstream over the shared cache tiers.
-    fn build(config: Config, blobs: &Arc<BlobCache>, refs: &Arc<RefStore>) -> Result<Live> {
-        let dir = &config.cache.dir;
+    fn build(config: Config, stores: &Stores) -> Result<Live> {
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
-            let client = Arc::new(UpstreamClient::new(
-                u.policy.clone(),
-                &u.url,
-                u.kind == UpstreamKind::Oci,
-            )?);
+            let client = Arc::new(UpstreamClient::new(u.policy.clone(), &u.url)?);
             let source = match u.kind {
                 UpstreamKind::Helm => Source::Helm(Arc::new(HelmUpstream::new(
                     u.clone(),
-                    client.clone(),
-                    blobs.clone(),
-                    refs.clone(),
+                    client,
+                    stores,
                     config.limits,
-                    dir,
                 )?)),
                 UpstreamKind::Oci => Source::Oci(Arc::new(OciUpstream::new(
                     u.clone(),
                     client,
-                    blobs.clone(),
-                    refs.clone(),
+                    stores,
                     config.limits,
                 ))),
             };
@@ -338,13 +367,5 @@ impl Live {
                 format!("{name:?} names no configured upstream (use /v2/<upstream>/<repository>)"),
             )),
         }
-    }
-}
-
-/// Refuses a request to a protected upstream without credentials it accepts.
-fn authorize(src: &Source, req: &Request) -> Result<()> {
-    match &src.config().access {
-        Some(a) => a.check(req.authorization.as_deref()),
-        None => Ok(()),
     }
 }

@@ -1,6 +1,7 @@
 //! Configuration in two stages: `RawConfig` is the YAML as written (unknown keys refused, with
 //! their name and line), `Config` is the validated, typed form the rest of the program uses.
-//! Owns parsing of sizes (`10GiB`) and durations (`5m`). Calls nothing but `ids`.
+//! Owns parsing of sizes (`10GiB`) and durations (`5m`). Calls nothing but `ids` (and names
+//! `convert`'s `IndexFormat`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::convert::index::IndexFormat;
 use crate::ids::UpstreamName;
 
 /// The configuration used when no file is given: see `config/chartbridge.yaml`.
@@ -36,6 +38,9 @@ pub struct RawConfig {
     /// Never contact any upstream (air gap): serve what is cached. Default false.
     #[serde(default)]
     pub offline: bool,
+    /// How mirrored indexes are written: `json` (default: Helm reads it several times faster)
+    /// or `yaml`. Per upstream too.
+    pub index_format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +52,8 @@ pub struct RawCache {
     pub max_disk_bytes: Option<String>,
     /// Memory tier budget. Default `256MiB`.
     pub max_memory_bytes: Option<String>,
+    /// Memory for parsed helm indexes, all upstreams together. Default `512MiB`.
+    pub max_index_memory_bytes: Option<String>,
     /// Re-hash disk blobs before serving them. Default false.
     #[serde(default)]
     pub verify_on_read: bool,
@@ -55,7 +62,7 @@ pub struct RawCache {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
-    /// Largest upstream index.yaml accepted. Default `128MiB`.
+    /// Largest upstream index.yaml accepted. Default `64MiB`.
     pub max_index_bytes: Option<String>,
     /// Largest chart archive (or `.prov`) accepted. Default `64MiB`.
     pub max_chart_bytes: Option<String>,
@@ -64,6 +71,13 @@ pub struct RawLimits {
     /// Most chart versions (tags) of one OCI repository an index.yaml lists, newest first;
     /// each costs a manifest request. Default 1000.
     pub max_index_tags: Option<usize>,
+    /// Most client connections open at once; more are answered 503 and closed. Default 10000
+    /// (and never more than the open-file limit allows).
+    pub max_connections: Option<usize>,
+    /// Longest time a client may take to send a whole request head. Default `10s`.
+    pub request_head_timeout: Option<String>,
+    /// How long an idle keep-alive connection is kept open. Default `60s`.
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +91,9 @@ pub struct RawUpstream {
     pub url: String,
     /// How long a fetched index stays fresh. Default `5m`.
     pub index_ttl: Option<String>,
+    /// `json` or `yaml`: how this upstream's index views are written. Default: the global
+    /// `index_format`.
+    pub index_format: Option<String>,
     /// oci: how long a tag -> digest resolution and a tag list stay fresh. Default `1m`.
     pub tag_ttl: Option<String>,
     /// oci: `synthesize-if-missing` (default), `always` or `never`.
@@ -184,6 +201,8 @@ pub struct Upstream {
     /// resolves them.
     pub url: Url,
     pub index_ttl: Duration,
+    /// How the mirror and index views of this upstream are written.
+    pub index_format: IndexFormat,
     pub tag_ttl: Duration,
     pub latest: LatestPolicy,
     pub credentials: Option<Credentials>,
@@ -219,6 +238,7 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     pub max_disk_bytes: u64,
     pub max_memory_bytes: u64,
+    pub max_index_memory_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -227,6 +247,9 @@ pub struct Limits {
     pub max_chart_bytes: u64,
     pub max_blob_bytes: u64,
     pub max_index_tags: usize,
+    pub max_connections: usize,
+    pub request_head_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -283,12 +306,23 @@ impl Config {
                 "cache.max_memory_bytes",
                 256 << 20,
             )?,
+            max_index_memory_bytes: size(
+                &raw.cache.max_index_memory_bytes,
+                "cache.max_index_memory_bytes",
+                512 << 20,
+            )?,
         };
+        let format = |v: &Option<String>, key: &str, default: IndexFormat| match v {
+            None => Ok(default),
+            Some(s) => IndexFormat::parse(s)
+                .ok_or_else(|| err(format!("{key}: {s:?} is not json or yaml"))),
+        };
+        let index_format = format(&raw.index_format, "index_format", IndexFormat::Json)?;
         let limits = Limits {
             max_index_bytes: size(
                 &raw.limits.max_index_bytes,
                 "limits.max_index_bytes",
-                128 << 20,
+                64 << 20,
             )?,
             max_chart_bytes: size(
                 &raw.limits.max_chart_bytes,
@@ -301,6 +335,18 @@ impl Config {
                 16 << 30,
             )?,
             max_index_tags: raw.limits.max_index_tags.unwrap_or(1000),
+            max_connections: raw.limits.max_connections.unwrap_or(10_000).max(1),
+            request_head_timeout: match &raw.limits.request_head_timeout {
+                Some(s) => parse_duration(s)
+                    .map_err(|e| err(format!("limits.request_head_timeout: {e}")))?,
+                None => Duration::from_secs(10),
+            },
+            idle_timeout: match &raw.limits.idle_timeout {
+                Some(s) => {
+                    parse_duration(s).map_err(|e| err(format!("limits.idle_timeout: {e}")))?
+                }
+                None => Duration::from_secs(60),
+            },
         };
         let mut upstreams: Vec<Upstream> = Vec::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {
@@ -377,6 +423,19 @@ impl Config {
                 Some(s) => parse_duration(s).map_err(|e| err(format!("{at}.timeouts.{key}: {e}"))),
                 None => Ok(Duration::from_secs(default)),
             };
+            for h in &u.allow_hosts {
+                let port_ok = match h.rsplit_once(':') {
+                    Some((host, p)) if !host.contains(':') || host.ends_with(']') => {
+                        p.parse::<u16>().is_ok()
+                    }
+                    _ => true,
+                };
+                if h.trim().is_empty() || h.contains('/') || !port_ok {
+                    return Err(err(format!(
+                        "{at}.allow_hosts: {h:?} is not a host, *.suffix or host:port"
+                    )));
+                }
+            }
             let policy = crate::upstream::Policy {
                 connect: dur(&u.timeouts.connect, "connect", 10)?,
                 header: dur(&u.timeouts.header, "header", 30)?,
@@ -404,6 +463,7 @@ impl Config {
                 None => None,
             };
             upstreams.push(Upstream {
+                index_format: format(&u.index_format, &format!("{at}.index_format"), index_format)?,
                 name,
                 kind,
                 url,

@@ -23,6 +23,8 @@ pub enum Kind {
     BadRequest,
     /// Credentials are missing or wrong for a protected upstream.
     Unauthorized,
+    /// This client failed to log in too often: it waits (`retry_after`) before trying again.
+    TooManyAttempts,
     RangeNotSatisfiable,
     // The upstream answered badly.
     /// The upstream's bytes are wrong: digest mismatch, unparsable index, oversized body.
@@ -42,6 +44,8 @@ pub struct Error {
     kind: Kind,
     message: String,
     retry_after: Option<u64>,
+    /// For `RangeNotSatisfiable`: the length of what was asked for.
+    full_length: Option<u64>,
 }
 
 impl Error {
@@ -50,7 +54,24 @@ impl Error {
             kind,
             message: message.into(),
             retry_after: None,
+            full_length: None,
         }
+    }
+
+    /// A `Range` outside a body of `len` bytes.
+    pub fn range_not_satisfiable(len: u64) -> Error {
+        Error {
+            full_length: Some(len),
+            ..Error::new(
+                Kind::RangeNotSatisfiable,
+                format!("range outside the {len} bytes"),
+            )
+        }
+    }
+
+    /// The body length a `RangeNotSatisfiable` answer names in `Content-Range`.
+    pub fn full_length(&self) -> Option<u64> {
+        self.full_length
     }
 
     /// Seconds the upstream asked us to wait, for a 429.

@@ -15,15 +15,83 @@ pub struct Request {
     /// The raw (still percent-encoded) path.
     pub path: String,
     pub query: Option<String>,
-    pub range: Option<String>,
+    /// A usable `Range: bytes=` header (a malformed or multi-range one is `None`: the whole
+    /// body is served, as RFC 9110 allows).
+    pub range: Option<RangeSpec>,
+    /// `If-Range`: the range applies only while this still names the representation.
+    pub if_range: Option<String>,
     pub if_none_match: Option<String>,
     /// The `Authorization` header, for protected upstreams. Never logged.
     pub authorization: Option<String>,
+    /// The peer's address (for backing off repeated failed logins).
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Request {
     pub fn is_head(&self) -> bool {
         self.method == "HEAD"
+    }
+
+    /// The range to serve of a representation whose strong ETag is `etag`: none when
+    /// `If-Range` names something else (a date, or another ETag), so the client gets the
+    /// whole, current body.
+    pub fn range_for(&self, etag: Option<&str>) -> Option<RangeSpec> {
+        match (&self.if_range, etag) {
+            (None, _) => self.range,
+            (Some(v), Some(e)) if v.trim() == e => self.range,
+            _ => None,
+        }
+    }
+}
+
+/// One `bytes=` range, as the client wrote it (resolved against a length later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `a-b`
+    FromTo(u64, u64),
+    /// `a-`
+    From(u64),
+    /// `-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+/// Parses a `Range` header: a single well-formed `bytes=` range, else `None` (malformed and
+/// multi-range headers are ignored and the whole body served, which RFC 9110 allows).
+pub fn parse_range_header(h: &str) -> Option<RangeSpec> {
+    let spec = h.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    // Digits only: `u64::from_str` would take `+1`, which is not a byte position.
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (a.is_empty(), b.is_empty()) {
+        (false, false) => {
+            let (s, e) = (num(a)?, num(b)?);
+            (s <= e).then_some(RangeSpec::FromTo(s, e))
+        }
+        (false, true) => Some(RangeSpec::From(num(a)?)),
+        (true, false) => Some(RangeSpec::Suffix(num(b)?)),
+        (true, true) => None,
+    }
+}
+
+impl RangeSpec {
+    /// The byte span `start..end` this range selects of `len` bytes, or `None` when it is
+    /// unsatisfiable (starts at or past the end, or asks for the last zero bytes).
+    pub fn resolve(self, len: u64) -> Option<(u64, u64)> {
+        let (start, last) = match self {
+            RangeSpec::FromTo(s, e) => (s, e.min(len.saturating_sub(1))),
+            RangeSpec::From(s) => (s, len.saturating_sub(1)),
+            RangeSpec::Suffix(0) => return None,
+            RangeSpec::Suffix(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+        };
+        (len > 0 && start < len).then_some((start, last + 1))
     }
 }
 
@@ -133,6 +201,7 @@ pub fn error_response(err: &Error, api: Api) -> Response {
         Kind::Unsupported => (405, "UNSUPPORTED"),
         Kind::BadRequest => (400, "UNSUPPORTED"),
         Kind::Unauthorized => (401, "UNAUTHORIZED"),
+        Kind::TooManyAttempts => (429, "TOOMANYREQUESTS"),
         Kind::RangeNotSatisfiable => (416, "RANGE_INVALID"),
         Kind::UpstreamInvalid => (502, "UPSTREAM_INVALID"),
         Kind::UpstreamUnavailable => (502, "UNAVAILABLE"),
@@ -141,6 +210,9 @@ pub fn error_response(err: &Error, api: Api) -> Response {
         Kind::Internal => (500, "UNKNOWN"),
     };
     let mut resp = Response::new(status);
+    if let Some(len) = err.full_length() {
+        resp = resp.header("Content-Range", format!("bytes */{len}"));
+    }
     if let Some(secs) = err.retry_after() {
         resp = resp.header("Retry-After", secs.to_string());
     }
@@ -163,41 +235,6 @@ pub fn error_response(err: &Error, api: Api) -> Response {
     }
 }
 
-/// A byte range requested with `Range: bytes=...`, resolved against a length.
-#[derive(Debug, PartialEq, Eq)]
-enum RangeReq {
-    /// No (usable) Range header: serve everything.
-    Full,
-    Part(u64, u64),
-    Unsatisfiable,
-}
-
-/// Parses a single `bytes=` range. Malformed or multi-range headers are ignored (RFC 9110
-/// allows serving the full body), an out-of-bounds range is unsatisfiable.
-fn parse_range(h: Option<&str>, len: u64) -> RangeReq {
-    let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else {
-        return RangeReq::Full;
-    };
-    if spec.contains(',') {
-        return RangeReq::Full;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeReq::Full;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(s), Ok(e)) if s <= e => (s, e.min(len.saturating_sub(1))),
-        (Ok(s), Err(_)) if b.is_empty() => (s, len.saturating_sub(1)),
-        (Err(_), Ok(n)) if a.is_empty() && n > 0 => (len.saturating_sub(n), len.saturating_sub(1)),
-        _ => return RangeReq::Full,
-    };
-    if len == 0 || start >= len {
-        RangeReq::Unsatisfiable
-    } else {
-        RangeReq::Part(start, end)
-    }
-}
-
 /// A blob response: `Docker-Content-Digest`, `Accept-Ranges`, and Range support.
 pub fn blob_response(
     req: &Request,
@@ -217,26 +254,22 @@ pub fn data_response(
 ) -> Response {
     let len = data.len();
     let mut resp = Response::new(200).header("Accept-Ranges", "bytes");
-    if let Some(d) = digest {
+    let etag = digest.map(|d| format!("\"{d}\""));
+    if let (Some(d), Some(e)) = (digest, &etag) {
         resp = resp
             .header("Docker-Content-Digest", d.to_string())
-            .header("ETag", format!("\"{d}\""));
+            .header("ETag", e.clone());
     }
-    let (start, end) = match parse_range(req.range.as_deref(), len) {
-        RangeReq::Full => (0, len),
-        RangeReq::Part(s, e) => {
-            resp.status = 206;
-            resp = resp.header("Content-Range", format!("bytes {s}-{e}/{len}"));
-            (s, e + 1)
-        }
-        RangeReq::Unsatisfiable => {
-            let mut r = error_response(
-                &Error::new(Kind::RangeNotSatisfiable, format!("range outside 0-{len}")),
-                Api::Plain,
-            );
-            r.headers.push(("Content-Range", format!("bytes */{len}")));
-            return r;
-        }
+    let (start, end) = match req.range_for(etag.as_deref()) {
+        None => (0, len),
+        Some(spec) => match spec.resolve(len) {
+            Some((s, e)) => {
+                resp.status = 206;
+                resp = resp.header("Content-Range", format!("bytes {s}-{}/{len}", e - 1));
+                (s, e)
+            }
+            None => return error_response(&Error::range_not_satisfiable(len), Api::Plain),
+        },
     };
     match data {
         BlobData::Bytes(b) => resp.with_body(
@@ -264,17 +297,54 @@ pub fn data_response(
 mod tests {
     use super::*;
 
+    fn range(h: &str, len: u64) -> Option<Option<(u64, u64)>> {
+        parse_range_header(h).map(|r| r.resolve(len))
+    }
+
     #[test]
     fn ranges() {
-        assert_eq!(parse_range(None, 10), RangeReq::Full);
-        assert_eq!(parse_range(Some("bytes=0-4"), 10), RangeReq::Part(0, 4));
-        assert_eq!(parse_range(Some("bytes=5-"), 10), RangeReq::Part(5, 9));
-        assert_eq!(parse_range(Some("bytes=-3"), 10), RangeReq::Part(7, 9));
-        assert_eq!(parse_range(Some("bytes=5-100"), 10), RangeReq::Part(5, 9));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeReq::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeReq::Full);
-        assert_eq!(parse_range(Some("items=0-1"), 10), RangeReq::Full);
-        assert_eq!(parse_range(Some("bytes=4-2"), 10), RangeReq::Full);
+        assert_eq!(range("bytes=0-4", 10), Some(Some((0, 5))));
+        assert_eq!(range("bytes=5-", 10), Some(Some((5, 10))));
+        assert_eq!(range("bytes=-3", 10), Some(Some((7, 10))));
+        assert_eq!(range("bytes=5-100", 10), Some(Some((5, 10))));
+        assert_eq!(range("bytes=-100", 10), Some(Some((0, 10))));
+        assert_eq!(range("bytes=10-", 10), Some(None), "starts past the end");
+        assert_eq!(range("bytes=0-0", 0), Some(None), "an empty body");
+        // ignored: the whole body is served
+        assert_eq!(range("bytes=0-1,3-4", 10), None);
+        assert_eq!(range("items=0-1", 10), None);
+        assert_eq!(range("bytes=4-2", 10), None);
+        assert_eq!(range("bytes=-", 10), None);
+    }
+
+    /// Regression (issue 15, finding 7): `bytes=-0` asks for nothing and is unsatisfiable;
+    /// `bytes=+1-3` is not a range; an `If-Range` that no longer matches gets the whole body.
+    #[test]
+    fn range_edge_cases_follow_rfc_9110() {
+        assert_eq!(range("bytes=-0", 10), Some(None));
+        assert_eq!(range("bytes=+1-3", 10), None);
+        assert_eq!(range("bytes=1-+3", 10), None);
+        assert_eq!(range("bytes= 1 - 3 ", 10), Some(Some((1, 4))));
+        let d = Digest::of(b"0123456789");
+        let mut req = Request {
+            method: "GET".into(),
+            range: parse_range_header("bytes=2-3"),
+            ..Default::default()
+        };
+        let body = || Bytes::from_static(b"0123456789");
+        assert_eq!(blob_response(&req, "x", body(), Some(&d)).status, 206);
+        req.if_range = Some(format!("\"{d}\""));
+        assert_eq!(blob_response(&req, "x", body(), Some(&d)).status, 206);
+        req.if_range = Some("\"sha256:other\"".into());
+        let r = blob_response(&req, "x", body(), Some(&d));
+        assert_eq!((r.status, r.content_length()), (200, 10));
+        req.if_range = Some("Sat, 28 Nov 2026 07:00:00 GMT".into());
+        assert_eq!(blob_response(&req, "x", body(), Some(&d)).status, 200);
+        req.if_range = None;
+        req.range = parse_range_header("bytes=-0");
+        let r = blob_response(&req, "x", body(), Some(&d));
+        assert_eq!(r.status, 416);
+        assert_eq!(r.get_header("content-range"), Some("bytes */10"));
     }
 
     #[test]

@@ -77,6 +77,10 @@ struct Metrics {
     disk_blobs: Gauge,
     write_failures: Counter,
     reloads: Family<OutcomeLabels, Counter>,
+    open_connections: Gauge,
+    index_memory: Gauge,
+    connections_closed: Family<OutcomeLabels, Counter>,
+    auth_failures: Family<OutcomeLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -99,6 +103,10 @@ fn metrics() -> &'static Metrics {
             disk_blobs: Gauge::default(),
             write_failures: Counter::default(),
             reloads: Family::default(),
+            open_connections: Gauge::default(),
+            index_memory: Gauge::default(),
+            connections_closed: Family::default(),
+            auth_failures: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -175,6 +183,26 @@ fn metrics() -> &'static Metrics {
             "config_reloads",
             "Configuration reloads on SIGHUP, by outcome (ok, refused)",
             m.reloads.clone(),
+        );
+        r.register(
+            "open_connections",
+            "Client connections open now",
+            m.open_connections.clone(),
+        );
+        r.register(
+            "index_memory_bytes",
+            "Memory held by parsed helm indexes (within cache.max_index_memory_bytes)",
+            m.index_memory.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Client connections closed by chartbridge, by reason (over_limit, head_timeout, idle_timeout)",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Refused credentials, by outcome (invalid, backoff)",
+            m.auth_failures.clone(),
         );
         Metrics { registry: r, ..m }
     })
@@ -327,6 +355,28 @@ pub fn config_reload(ok: bool) {
     let outcome = if ok { "ok" } else { "refused" };
     metrics()
         .reloads
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+}
+
+pub fn open_connections(n: usize) {
+    metrics().open_connections.set(n as i64);
+}
+
+pub fn index_memory(bytes: u64) {
+    metrics().index_memory.set(bytes as i64);
+}
+
+pub fn connection_closed(reason: &'static str) {
+    metrics()
+        .connections_closed
+        .get_or_create(&OutcomeLabels { outcome: reason })
+        .inc();
+}
+
+pub fn auth_failure(outcome: &'static str) {
+    metrics()
+        .auth_failures
         .get_or_create(&OutcomeLabels { outcome })
         .inc();
 }

@@ -2,13 +2,16 @@
 //! `HttpServerApp` reads a request, hands method, path, query and the few headers the views use
 //! to `App::handle`, and writes the response back.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::http::ResponseHeader;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_READ_BUFFER_SIZE};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::listening::Service;
@@ -16,7 +19,7 @@ use pingora::services::listening::Service;
 use crate::app::App;
 use bytes::Bytes;
 
-use crate::http::{Body, Request, Response};
+use crate::http::{parse_range_header, Body, Request, Response};
 
 struct Http {
     app: Arc<App>,
@@ -31,17 +34,29 @@ fn header(session: &ServerSession, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-#[async_trait]
-impl HttpServerApp for Http {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
+/// What became of one request on a connection.
+enum Next {
+    /// Answered; the connection may carry another request.
+    Reuse(Box<ServerSession>),
+    Close,
+}
+
+impl Http {
+    /// Reads one request head within `request_head_timeout`, answers it, and hands the session
+    /// back when the connection can carry another.
+    async fn one(&self, mut session: ServerSession, shutdown: &ShutdownWatch) -> Next {
+        let limits = self.app.limits();
+        match tokio::time::timeout(limits.request_head_timeout, session.read_request()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Next::Close,
+            Err(_) => {
+                // A client trickling its headers holds a connection and a descriptor: cut it.
+                tracing::debug!("request head not complete within the timeout; closing");
+                crate::metrics::connection_closed("head_timeout");
+                session.shutdown().await;
+                return Next::Close;
+            }
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "could not read request");
                 // A header over pingora's caps (1 MiB, 256 fields) or malformed gets a clear
                 // 400 before the connection closes, as pingora's own proxy does.
@@ -51,38 +66,203 @@ impl HttpServerApp for Http {
                     );
                     let _ = session.respond_error_with_body(400, body).await;
                 }
-                let _ = session.shutdown().await;
-                return None;
+                session.shutdown().await;
+                return Next::Close;
             }
         }
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        let req = {
-            let h = session.req_header();
-            Request {
-                method: h.method.as_str().to_string(),
-                path: h.uri.path().to_string(),
-                query: h.uri.query().map(str::to_string),
-                range: header(&session, "range"),
-                if_none_match: header(&session, "if-none-match"),
-                authorization: header(&session, "authorization"),
-            }
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(limits.idle_timeout.as_secs().max(1))
+        });
+        let h = session.req_header();
+        // RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        let missing_host =
+            h.version == http::Version::HTTP_11 && h.headers.get(http::header::HOST).is_none();
+        let req = Request {
+            method: h.method.as_str().to_string(),
+            path: h.uri.path().to_string(),
+            query: h.uri.query().map(str::to_string),
+            range: header(&session, "range").and_then(|r| parse_range_header(&r)),
+            if_range: header(&session, "if-range"),
+            if_none_match: header(&session, "if-none-match"),
+            authorization: header(&session, "authorization"),
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
         };
-        let resp = match self.only {
-            Some(paths) if !paths.contains(&req.path.as_str()) => {
-                Response::new(404).with_body("text/plain", Bytes::from_static(b"not here\n"), false)
-            }
-            _ => self.app.handle(&req).await,
-        };
+        let resp =
+            if missing_host {
+                session.set_keepalive(None);
+                Response::new(400).with_body(
+                    "text/plain",
+                    Bytes::from_static(b"an HTTP/1.1 request needs a Host header\n"),
+                    false,
+                )
+            } else {
+                match self.only {
+                    Some(paths) if !paths.contains(&req.path.as_str()) => Response::new(404)
+                        .with_body("text/plain", Bytes::from_static(b"not here\n"), false),
+                    _ => self.app.handle(&req).await,
+                }
+            };
         if let Err(e) = write(&mut session, resp).await {
             tracing::debug!(error = %e, "could not write response");
-            return None;
+            return Next::Close;
         }
         let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(s) => s.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
-            Err(_) => None,
+        let Ok(Some(reusable)) = session.finish().await else {
+            return Next::Close;
+        };
+        let (mut stream, pipelined) = reusable.into_parts();
+        match pipelined.filter(|p| !p.is_empty()) {
+            // The client sent its next request already (pipelining): answer it in order.
+            Some(prefix) => {
+                let mut next = ServerSession::new_http1(stream);
+                settings.apply_to_session(&mut next);
+                next.set_pipelined_prefix(prefix);
+                Next::Reuse(Box::new(next))
+            }
+            None => {
+                // Wait for the next request's first byte for up to `idle_timeout`; its head
+                // then has `request_head_timeout` to arrive whole. A stream that cannot be
+                // peeked (TLS) lets the head timeout run from now, after the idle wait.
+                let mut first = [0u8; 1];
+                let peeked =
+                    tokio::time::timeout(limits.idle_timeout, stream.try_peek(&mut first)).await;
+                match peeked {
+                    Ok(Ok(_)) => {}
+                    Err(_) => {
+                        crate::metrics::connection_closed("idle_timeout");
+                        return Next::Close;
+                    }
+                    Ok(Err(_)) => return Next::Close,
+                }
+                let mut next = ServerSession::new_http1(stream);
+                settings.apply_to_session(&mut next);
+                Next::Reuse(Box::new(next))
+            }
         }
     }
+}
+
+#[async_trait]
+impl HttpServerApp for Http {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // HTTP/1 keep-alive is looped here rather than by pingora, so the wait for a next
+        // request and the time to read its head are bounded separately.
+        let mut session = session;
+        loop {
+            session.set_pipelining_enabled(true);
+            match self.one(session, shutdown).await {
+                Next::Reuse(next) => session = *next,
+                Next::Close => return None,
+            }
+        }
+    }
+}
+
+/// Counts open connections and refuses those over `limits.max_connections` with a 503, so a
+/// flood of idle or slow clients cannot take every descriptor the process has.
+struct Connections {
+    http: Arc<Http>,
+    open: AtomicUsize,
+    /// The most the open-file limit leaves room for.
+    ceiling: usize,
+    last_warned: Mutex<Option<Instant>>,
+}
+
+/// Decrements the open-connection count when a connection ends, however it ends.
+struct Open<'a>(&'a AtomicUsize);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        let n = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
+        crate::metrics::open_connections(n);
+    }
+}
+
+#[async_trait]
+impl ServerApp for Connections {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let n = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let _open = Open(&self.open);
+        crate::metrics::open_connections(n);
+        let max = self.http.app.limits().max_connections.min(self.ceiling);
+        if n > max {
+            self.refuse(stream, max).await;
+            return None;
+        }
+        // pingora's HTTP handling (HTTP/1, and HTTP/2 when negotiated) from here.
+        ServerApp::process_new(&self.http, stream, shutdown).await
+    }
+}
+
+impl Connections {
+    async fn refuse(&self, mut stream: Stream, max: usize) {
+        use tokio::io::AsyncWriteExt;
+        crate::metrics::connection_closed("over_limit");
+        let warn = {
+            let mut last = self.last_warned.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if warn {
+            tracing::warn!(
+                max_connections = max,
+                "connection limit reached: refusing new connections with 503 \
+                 (limits.max_connections; chartbridge_connections_closed_total{{reason=\"over_limit\"}} counts them)"
+            );
+        }
+        let body = "too many connections; try again shortly\n";
+        let resp = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+             Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit (systemd and containers often start
+/// processes at 1024) and returns it.
+fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<()> {
@@ -205,11 +385,28 @@ pub fn run(app: App, reload: Option<Reloader>) -> ! {
     if let Err(e) = reload_on_sighup(app.clone(), reload) {
         tracing::error!(error = %e, "cannot watch SIGHUP; configuration reload is off");
     }
+    // Descriptors beyond connections: cache files, upstream connections, the listeners.
+    let open_files = raise_open_files();
+    let ceiling = usize::try_from(open_files.saturating_sub(256).max(64)).unwrap_or(usize::MAX);
+    let max = app.limits().max_connections;
+    if max > ceiling {
+        tracing::warn!(
+            max_connections = max,
+            open_files,
+            ceiling,
+            "limits.max_connections is over what the open-file limit allows; using {ceiling}"
+        );
+    }
     let mut service = Service::new(
         "chartbridge".to_string(),
-        Http {
-            app: app.clone(),
-            only: None,
+        Connections {
+            http: Arc::new(Http {
+                app: app.clone(),
+                only: None,
+            }),
+            open: AtomicUsize::new(0),
+            ceiling,
+            last_warned: Mutex::new(None),
         },
     );
     // A write buffer big enough for the header and a small blob or manifest lets them leave in
@@ -224,9 +421,14 @@ pub fn run(app: App, reload: Option<Reloader>) -> ! {
     if let Some(addr) = metrics_listen {
         let mut m = Service::new(
             "chartbridge-metrics".to_string(),
-            Http {
-                app,
-                only: Some(&["/metrics", "/healthz", "/readyz"]),
+            Connections {
+                http: Arc::new(Http {
+                    app,
+                    only: Some(&["/metrics", "/healthz", "/readyz"]),
+                }),
+                open: AtomicUsize::new(0),
+                ceiling,
+                last_warned: Mutex::new(None),
             },
         );
         m.add_tcp(&addr.to_string());

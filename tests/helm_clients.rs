@@ -126,7 +126,12 @@ fn oci_urls_in_an_index_are_followed() {
     )
     .unwrap();
     let web = nginx(site.path());
-    let bridge = chartbridge(&helm_upstream("bitnamiish", &web.url()));
+    // The registry is on another port of the same loopback host: it has to be named.
+    let bridge = chartbridge(&format!(
+        "{}    allow_hosts: [\"{}\"]\n",
+        helm_upstream("bitnamiish", &web.url()),
+        reg.host()
+    ));
     let out = tempfile::tempdir().unwrap();
     let from = format!("{}/bitnamiish/demo", bridge.host());
     assert_eq!(

@@ -193,9 +193,9 @@ fn a_registry_answering_html_or_wrong_bytes_is_refused_and_nothing_is_cached() {
     assert_eq!(get(&format!("{u}/healthz")).status(), 200);
 }
 
-/// The SSRF boundary: chart URLs in an index may name any host; chartbridge dials only the
-/// upstream's own host and `allow_hosts`, and never a private address of another host unless
-/// `allow_private` says so.
+/// The SSRF boundary: chart URLs in an index may name any host; chartbridge dials the
+/// upstream's own host and port, other hosts on 80/443 (or only `allow_hosts`, with ports when
+/// named), and never a private address of another host unless `allow_private` says so.
 #[test]
 fn chart_urls_to_other_hosts_and_private_addresses_are_refused_unless_allowed() {
     let repo = ChartRepo::new(&[("demo", "0.1.0")]);
@@ -213,11 +213,17 @@ fn chart_urls_to_other_hosts_and_private_addresses_are_refused_unless_allowed() 
     let strict = chartbridge(&base);
     let r = archive(&strict, "demo", "0.1.0");
     assert_eq!(r.status(), 502);
-    assert!(r.text().unwrap().contains("not in its allow_hosts"));
+    let body = r.text().unwrap();
+    assert!(
+        body.contains("ports 80 and 443") && body.contains("allow_hosts"),
+        "{body}"
+    );
     let r = archive(&strict, "meta", "1.0.0");
     assert_eq!(r.status(), 502, "a metadata-service URL is never dialled");
+    assert!(r.text().unwrap().contains("allow_private"));
 
-    let allowed_host = chartbridge(&format!("{base}    allow_hosts: [localhost]\n"));
+    let local = format!("localhost:{}", web.port);
+    let allowed_host = chartbridge(&format!("{base}    allow_hosts: [\"{local}\"]\n"));
     let r = archive(&allowed_host, "demo", "0.1.0");
     assert_eq!(r.status(), 502);
     let body = r.text().unwrap();
@@ -227,9 +233,87 @@ fn chart_urls_to_other_hosts_and_private_addresses_are_refused_unless_allowed() 
     );
 
     let open = chartbridge(&format!(
-        "{base}    allow_hosts: [localhost]\n    allow_private: true\n"
+        "{base}    allow_hosts: [\"{local}\"]\n    allow_private: true\n"
     ));
     let r = archive(&open, "demo", "0.1.0");
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().to_vec(), repo.bytes("demo-0.1.0.tgz"));
+    assert_eq!(nginx_hits(&web, "meta-data"), 0);
+}
+
+/// Regression (issue 15, finding 6): an index entry, a redirect or an `oci://` URL pointing
+/// at another port of the upstream's own (loopback) host was dialled and its answer served and
+/// cached as a chart; a URL with `user:pass@` was fetched; an entry without a digest could
+/// make anything a "chart". Now: the other port is refused unless named, credentials in URLs
+/// are refused, and a digest-less archive must be a gzip tar holding a Chart.yaml.
+#[test]
+fn ssrf_scope_pins_ports_refuses_userinfo_and_non_chart_bytes() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    // another service on another port of the same host, which must stay unreachable
+    let secret_site = tempfile::tempdir().unwrap();
+    std::fs::write(secret_site.path().join("admin.tgz"), b"internal admin page").unwrap();
+    let secret = nginx(secret_site.path());
+    let index = format!(
+        "apiVersion: v1\nentries:\n  \
+         other-port:\n  - name: other-port\n    version: 1.0.0\n    urls:\n    - http://127.0.0.1:{p}/admin.tgz\n  \
+         creds:\n  - name: creds\n    version: 1.0.0\n    urls:\n    - http://user:secret@127.0.0.1:{own}/demo-0.1.0.tgz\n  \
+         notachart:\n  - name: notachart\n    version: 1.0.0\n    urls:\n    - junk.tgz\n  \
+         nodigest:\n  - name: nodigest\n    version: 0.1.0\n    urls:\n    - demo-0.1.0.tgz\n",
+        p = secret.port,
+        own = 0, // replaced below once nginx's port is known
+    );
+    std::fs::write(repo.path("junk.tgz"), b"<html>not a chart</html>").unwrap();
+    let web = nginx(repo.dir.path());
+    std::fs::write(
+        repo.path("index.yaml"),
+        index.replace(":0/demo", &format!(":{}/demo", web.port)),
+    )
+    .unwrap();
+    let bridge = chartbridge(&helm_upstream("up", &web.url()));
+    let archive = |chart: &str, v: &str| {
+        get(&format!(
+            "{}/up/-/{chart}/{v}/{chart}-{v}.tgz",
+            bridge.url()
+        ))
+    };
+    let r = archive("other-port", "1.0.0");
+    assert_eq!(r.status(), 502);
+    let body = r.text().unwrap();
+    assert!(body.contains("allow_hosts"), "{body}");
+    assert_eq!(
+        nginx_hits(&secret, "admin"),
+        0,
+        "the other port is never dialled"
+    );
+    let r = archive("creds", "1.0.0");
+    assert_eq!(r.status(), 502);
+    assert!(r.text().unwrap().contains("credentials"));
+    let r = archive("notachart", "1.0.0");
+    assert_eq!(r.status(), 502);
+    assert!(r.text().unwrap().contains("not a chart archive"));
+    // ... and it was not cached: nothing under the junk's digest
+    let junk = chartbridge::ids::Digest::of(b"<html>not a chart</html>");
+    assert!(!bridge
+        .dir
+        .path()
+        .join("cache/sha256")
+        .join(junk.hex())
+        .exists());
+    // a real chart without a digest in its index entry is still served
+    let r = archive("nodigest", "0.1.0");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().to_vec(), repo.bytes("demo-0.1.0.tgz"));
+    // naming the other port allows it (and it is still no chart)
+    let named = chartbridge(&format!(
+        "{}    allow_hosts: [\"127.0.0.1:{}\"]\n",
+        helm_upstream("up", &web.url()),
+        secret.port
+    ));
+    let r = get(&format!(
+        "{}/up/-/other-port/1.0.0/other-port-1.0.0.tgz",
+        named.url()
+    ));
+    assert_eq!(r.status(), 502);
+    assert!(r.text().unwrap().contains("not a chart archive"));
+    assert_eq!(nginx_hits(&secret, "admin"), 1);
 }

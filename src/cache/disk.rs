@@ -95,14 +95,18 @@ impl DiskStore {
         self
     }
 
+    /// Drops a blob from the index (its file is gone or about to be).
+    fn forget(&self, d: &Digest) {
+        let mut st = self.state.lock().expect("disk state poisoned");
+        if let Some(e) = st.entries.remove(d) {
+            st.used -= e.size;
+        }
+        crate::metrics::disk_usage(st.used, st.entries.len());
+    }
+
     /// Forgets a blob whose file no longer matches its digest.
     async fn quarantine(&self, d: &Digest) {
-        {
-            let mut st = self.state.lock().expect("disk state poisoned");
-            if let Some(e) = st.entries.remove(d) {
-                st.used -= e.size;
-            }
-        }
+        self.forget(d);
         let _ = tokio::fs::remove_file(self.blob_path(d)).await;
         tracing::error!(digest = %d, "cached blob does not match its digest; removed, will refetch");
     }
@@ -299,7 +303,7 @@ impl BlobWrite for DiskWriter {
         let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             file.file.sync_all()?;
             drop(file);
-            std::fs::rename(&tmp, &dest).inspect_err(|_| {
+            rename_into(&tmp, &dest).inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;
             if let Some(parent) = dest.parent() {
@@ -363,6 +367,15 @@ fn scan(root: &Path) -> Result<State> {
     Ok(st)
 }
 
+/// Creates `dir` (and its parents) when it is missing: an operator who deletes the cache
+/// directory under a running process gets it back on the next write, not a failing cache.
+pub(super) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        _ => std::fs::create_dir_all(dir),
+    }
+}
+
 /// Writes `bytes` to `dest` through a fsynced temp file and an atomic rename.
 fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -370,7 +383,7 @@ fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()
     tmp.1.write_all(bytes)?;
     tmp.1.sync_all()?;
     drop(tmp.1);
-    std::fs::rename(&tmp.0, dest).inspect_err(|_| {
+    rename_into(&tmp.0, dest).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp.0);
     })?;
     if let Some(parent) = dest.parent() {
@@ -381,6 +394,7 @@ fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()
     Ok(())
 }
 
+/// A new temp file in `dir` (recreated when it was deleted).
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
@@ -389,12 +403,35 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let path = dir.join(name);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+    };
+    let f = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            ensure_dir(dir)?;
+            open()?
+        }
+        other => other?,
+    };
     Ok((path, f))
+}
+
+/// Renames a finished temp file into place, recreating the destination directory when it was
+/// deleted.
+fn rename_into(tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    match std::fs::rename(tmp, dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && tmp.exists() => {
+            if let Some(parent) = dest.parent() {
+                ensure_dir(parent)?;
+            }
+            std::fs::rename(tmp, dest)
+        }
+        other => other,
+    }
 }
 
 pub(super) fn write_file_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -422,7 +459,7 @@ impl BlobStore for DiskStore {
     }
 
     async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
-        if self.stat(d).await?.is_some() {
+        if self.stat(d).await?.is_some() && tokio::fs::try_exists(self.blob_path(d)).await? {
             return Ok(());
         }
         let (dest, tmp_dir, expected) = (self.blob_path(d), self.root.join("tmp"), d.clone());
@@ -454,7 +491,11 @@ impl BlobStore for DiskStore {
         };
         let f = match tokio::fs::File::open(self.blob_path(d)).await {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed behind our back (an operator cleaned the directory): forget it.
+                self.forget(d);
+                return Ok(None);
+            }
             Err(e) => return Err(e.into()),
         };
         if self.verify_on_read {
@@ -589,7 +630,9 @@ mod tests {
     async fn no_temp_file_degrades_to_stream_through() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path(), 1 << 30).await.unwrap();
+        // a file where the temp directory should be: it cannot be recreated either
         std::fs::remove_dir(dir.path().join("tmp")).unwrap();
+        std::fs::write(dir.path().join("tmp"), b"").unwrap();
         let d = Digest::of(b"blob");
         let mut w = store.begin(&d).await.expect("begin does not fail");
         assert!(w.partial().is_none());

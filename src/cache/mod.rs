@@ -1,12 +1,13 @@
 //! Caching below the views: a small `BlobStore` trait (stat / get / put) with a memory tier
 //! (moka, weighted by bytes) and a content-addressed disk tier, the two-tier `BlobCache` in
 //! front of them, `Flight` (one upstream fetch per key, however many callers), `Tee` (readers
-//! following a blob while it is written), and `RefStore`
-//! (small named pointers to digests, so a restart finds what it built before).
+//! following a blob while it is written), `RefStore` (small named values listed by prefix, so a
+//! restart finds what it built before) and `Links` (which repository may name which digest).
 //! Calls nothing above it; knows nothing of HTTP or upstreams.
 
 mod disk;
 mod flight;
+mod links;
 mod memory;
 mod refs;
 mod tee;
@@ -19,8 +20,9 @@ use bytes::Bytes;
 pub use disk::DiskStore;
 pub use disk::DiskWriter;
 pub use flight::Flight;
+pub use links::{link_name, referenced, repo_links, Links};
 pub use memory::MemoryStore;
-pub use refs::RefStore;
+pub use refs::{DiskRefs, RefName, RefStore};
 pub use tee::Tee;
 
 use crate::error::{Error, Result};
@@ -154,8 +156,18 @@ impl BlobCache {
         self.disk.begin(d).await
     }
 
+    /// Stores a blob after checking its digest. Wrong bytes are an error; a disk that refuses
+    /// the write (full, read-only, gone) is not: the verified bytes are kept in memory and the
+    /// caller serves them, uncached on disk, as a streamed blob would be.
     pub async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
-        self.disk.put(d, bytes.clone()).await?;
+        match self.disk.put(d, bytes.clone()).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == crate::error::Kind::UpstreamInvalid => return Err(e),
+            Err(e) => {
+                tracing::warn!(digest = %d, error = %e, "cache write failed; serving without caching");
+                crate::metrics::cache_write_failure();
+            }
+        }
         self.memory.insert_verified(d.clone(), bytes).await;
         Ok(())
     }

@@ -30,8 +30,6 @@ pub struct Tee {
 struct State {
     /// Offset of `chunks[0]`; every released byte before it is in the file.
     base: u64,
-    /// Absolute index of `chunks[0]` among all released chunks.
-    first: usize,
     chunks: VecDeque<Bytes>,
     /// Bytes in `chunks`.
     held: u64,
@@ -41,7 +39,7 @@ struct State {
 /// What a follower does next.
 enum Step {
     File(u64, u64),
-    Memory(Vec<Bytes>, usize),
+    Memory(Vec<Bytes>),
     Wait,
     Done,
     Fail(Error),
@@ -94,7 +92,6 @@ impl Tee {
                 }
                 st.base += n;
                 st.held -= n;
-                st.first += 1;
                 st.chunks.pop_front();
             }
             if st.held > self.memory_max {
@@ -118,23 +115,40 @@ impl Tee {
         self.notify.notify_waiters();
     }
 
-    fn next_step(&self, pos: u64, next: usize) -> Step {
+    /// What a follower at offset `pos` (reading up to `end`) does next.
+    fn next_step(&self, pos: u64, end: u64) -> Step {
         let st = self.lock();
         if let Some(Err(e)) = &st.finished {
             return Step::Fail(e.clone());
         }
-        if pos < st.base {
-            return Step::File(pos, (st.base - pos).min(FILE_READ));
+        if pos >= end {
+            return Step::Done;
         }
-        // (a follower at `base` may trail `first` only by empty chunks)
-        let skip = next.saturating_sub(st.first);
-        if skip < st.chunks.len() {
-            return Step::Memory(st.chunks.range(skip..).cloned().collect(), next);
+        if pos < st.base {
+            return Step::File(pos, (st.base - pos).min(FILE_READ).min(end - pos));
+        }
+        // The released chunks from the one holding `pos`, cut at `end`.
+        let mut out = Vec::new();
+        let mut at = st.base;
+        for c in &st.chunks {
+            let (from, to) = (at, at + c.len() as u64);
+            at = to;
+            if to <= pos {
+                continue;
+            }
+            if from >= end {
+                break;
+            }
+            let lo = pos.max(from) - from;
+            let hi = end.min(to) - from;
+            out.push(c.slice(lo as usize..hi as usize));
+        }
+        if !out.is_empty() {
+            return Step::Memory(out);
         }
         match st.finished {
-            Some(Ok(())) if pos >= self.len => Step::Done,
             Some(Ok(())) => Step::Fail(Error::internal(format!(
-                "a shared download ended after {pos} of {} bytes",
+                "a shared download ended after {at} of {} bytes",
                 self.len
             ))),
             _ => Step::Wait,
@@ -144,51 +158,47 @@ impl Tee {
     /// A channel of the blob's bytes from the first, ending with the fetch (an error aborts
     /// it). The reader task ends when the receiver is dropped.
     pub fn reader(self: Arc<Self>) -> mpsc::Receiver<Result<Bytes>> {
+        let len = self.len;
+        self.reader_range(0, len)
+    }
+
+    /// As `reader`, for the bytes `start..end` only (a `Range` request): they are handed on as
+    /// soon as they arrive, so a client asking for the end of a big blob waits for the fetch
+    /// to get there, and one asking for the start does not wait at all.
+    pub fn reader_range(self: Arc<Self>, start: u64, end: u64) -> mpsc::Receiver<Result<Bytes>> {
         let (tx, rx) = mpsc::channel(16);
+        let end = end.min(self.len);
         tokio::spawn(async move {
-            // `pos` is the offset of released chunk number `next`.
-            let (mut pos, mut next) = (0u64, 0usize);
+            let mut pos = start;
             loop {
                 let notified = self.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let out = match self.next_step(pos, next) {
+                let out = match self.next_step(pos, end) {
                     Step::Wait => {
                         notified.await;
                         continue;
                     }
                     Step::Done => return,
                     Step::Fail(e) => vec![Err(e)],
-                    Step::File(at, n) => {
-                        let chunk = self.read_file(at, n).await;
-                        if let Ok(c) = &chunk {
-                            pos += c.len() as u64;
-                            next = self.chunk_at(pos).unwrap_or(next);
-                        }
-                        vec![chunk]
-                    }
-                    Step::Memory(chunks, from) => {
-                        next = from + chunks.len();
-                        pos += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
-                        chunks.into_iter().map(Ok).collect()
-                    }
+                    Step::File(at, n) => vec![self.read_file(at, n).await],
+                    Step::Memory(chunks) => chunks.into_iter().map(Ok).collect(),
                 };
                 for item in out {
-                    let failed = item.is_err();
-                    if tx.send(item).await.is_err() || failed {
+                    match &item {
+                        Ok(c) => pos += c.len() as u64,
+                        Err(_) => {
+                            let _ = tx.send(item).await;
+                            return;
+                        }
+                    }
+                    if tx.send(item).await.is_err() {
                         return;
                     }
                 }
             }
         });
         rx
-    }
-
-    /// The index of the released chunk that starts at `pos`, once the file reads reach the
-    /// bytes still in memory.
-    fn chunk_at(&self, pos: u64) -> Option<usize> {
-        let st = self.lock();
-        (pos == st.base).then_some(st.first)
     }
 
     async fn read_file(&self, at: u64, n: u64) -> Result<Bytes> {
@@ -284,6 +294,44 @@ mod tests {
         assert_eq!(drain(early).await.unwrap(), bytes);
         assert_eq!(drain(late.unwrap()).await.unwrap(), bytes);
         w.commit().await.unwrap();
+    }
+
+    /// Range readers get exactly their bytes, from memory or back from the file, whether they
+    /// join before the bytes arrive or after.
+    #[tokio::test]
+    async fn range_readers_get_their_slice_as_it_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 30).await.unwrap();
+        let bytes = data(3 << 20);
+        let d = Digest::of(&bytes);
+        let mut w = store.begin(&d).await.unwrap();
+        let tee = Arc::new(Tee::new(bytes.len() as u64, w.partial(), 2 << 20));
+        let len = bytes.len() as u64;
+        let spans = [(0, 1), (0, 100_000), (1_500_000, 1_500_001), (len - 7, len)];
+        let early: Vec<_> = spans
+            .iter()
+            .map(|&(a, b)| tee.clone().reader_range(a, b))
+            .collect();
+        let mut late = Vec::new();
+        for (i, c) in bytes.chunks(10_000).enumerate() {
+            w.write(c).await.unwrap();
+            tee.release(Bytes::copy_from_slice(c));
+            if i == 250 {
+                late = spans
+                    .iter()
+                    .map(|&(a, b)| tee.clone().reader_range(a, b))
+                    .collect();
+            }
+        }
+        tee.finish(Ok(()));
+        for (rx, (a, b)) in early.into_iter().chain(late).zip(spans.iter().cycle()) {
+            assert_eq!(
+                drain(rx).await.unwrap(),
+                &bytes[*a as usize..*b as usize],
+                "{a}..{b}"
+            );
+        }
+        drop(w);
     }
 
     /// A failed fetch fails its followers; a tee whose file stops growing (a disk that refused

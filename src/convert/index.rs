@@ -14,9 +14,16 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Helm's `repo.IndexFile`. Unknown keys are refused, as Helm's strict parser refuses them.
+/// Fields are in the order Helm's Go struct declares them, which is the order its JSON has.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexFile {
+    #[serde(
+        default,
+        rename = "serverInfo",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub server_info: Option<BTreeMap<String, serde_json::Value>>,
     #[serde(default, rename = "apiVersion")]
     pub api_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,12 +34,6 @@ pub struct IndexFile {
     pub public_keys: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    #[serde(
-        default,
-        rename = "serverInfo",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub server_info: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 chart_fields! {
@@ -134,11 +135,200 @@ pub fn archive_path(chart: &str, version: &str) -> String {
     format!("-/{c}/{v}/{c}-{v}.tgz")
 }
 
+/// How a mirrored index is written out. Helm (3.13 and later, and 4) reads a JSON index with
+/// its JSON decoder, several times faster and in a fraction of the memory of its YAML path,
+/// and JSON is YAML too, so YAML readers still parse it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IndexFormat {
+    #[default]
+    Json,
+    Yaml,
+}
+
+impl IndexFormat {
+    pub fn parse(s: &str) -> Option<IndexFormat> {
+        match s {
+            "json" => Some(IndexFormat::Json),
+            "yaml" => Some(IndexFormat::Yaml),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexFormat::Json => "json",
+            IndexFormat::Yaml => "yaml",
+        }
+    }
+}
+
+/// Writes an index: compact JSON (keys in Helm's order, UTF-8, no `\/` escapes) or YAML that
+/// Helm's strict parser accepts.
+pub fn render(index: &IndexFile, format: IndexFormat) -> Vec<u8> {
+    match format {
+        IndexFormat::Json => serde_json::to_vec(index).expect("serialising an index cannot fail"),
+        IndexFormat::Yaml => serde_saphyr::to_string(index)
+            .expect("serialising an index cannot fail")
+            .into_bytes(),
+    }
+}
+
+/// A string inside `CompactIndex::text`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ChartSpan {
+    name: Span,
+    first: u32,
+    count: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct EntrySpans {
+    version: Span,
+    digest: Span,
+    url: Option<Span>,
+    created: Option<Span>,
+}
+
+/// What the mirror keeps of an index once it is rewritten: per chart, each version with its
+/// digest, first upstream URL and creation time; enough to resolve tags, fetch and verify
+/// archives, and date manifests. All text lives in one buffer and the records in two arrays,
+/// so a 15,000-version index costs a few MiB in three allocations (no per-string heap churn
+/// that would keep the parse's memory from going back to the system).
+#[derive(Clone, Debug, Default)]
+pub struct CompactIndex {
+    text: String,
+    /// Sorted by name (the index's entries map is).
+    charts: Vec<ChartSpan>,
+    entries: Vec<EntrySpans>,
+}
+
+/// One index entry, borrowed from a `CompactIndex`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub version: &'a str,
+    /// The entry's `digest` (hex sha256, no prefix), empty when the index gives none.
+    pub digest: &'a str,
+    /// The upstream's first URL for the archive, as written (relative, absolute or oci://).
+    pub url: Option<&'a str>,
+    pub created: Option<&'a str>,
+}
+
+impl CompactIndex {
+    /// Keeps what serving needs of `index` (URLs as the upstream wrote them).
+    pub fn from_index(index: &IndexFile) -> CompactIndex {
+        let text_len: usize = index
+            .entries
+            .iter()
+            .map(|(name, vs)| {
+                name.len()
+                    + vs.iter()
+                        .map(|v| {
+                            v.version.len()
+                                + v.digest.len()
+                                + v.urls.first().map_or(0, String::len)
+                                + v.created.as_ref().map_or(0, String::len)
+                        })
+                        .sum::<usize>()
+            })
+            .sum();
+        let mut c = CompactIndex {
+            text: String::with_capacity(text_len),
+            charts: Vec::with_capacity(index.entries.len()),
+            entries: Vec::with_capacity(index.entries.values().map(Vec::len).sum()),
+        };
+        for (name, vs) in &index.entries {
+            let name = c.push(name);
+            let first = c.entries.len() as u32;
+            for v in vs {
+                let e = EntrySpans {
+                    version: c.push(&v.version),
+                    digest: c.push(&v.digest),
+                    url: v.urls.first().map(|u| c.push(u)),
+                    created: v.created.as_deref().map(|t| c.push(t)),
+                };
+                c.entries.push(e);
+            }
+            c.charts.push(ChartSpan {
+                name,
+                first,
+                count: vs.len() as u32,
+            });
+        }
+        c
+    }
+
+    fn push(&mut self, s: &str) -> Span {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        Span {
+            start,
+            len: s.len() as u32,
+        }
+    }
+
+    fn str(&self, s: Span) -> &str {
+        &self.text[s.start as usize..(s.start + s.len) as usize]
+    }
+
+    fn entry(&self, e: &EntrySpans) -> Entry<'_> {
+        Entry {
+            version: self.str(e.version),
+            digest: self.str(e.digest),
+            url: e.url.map(|u| self.str(u)),
+            created: e.created.map(|t| self.str(t)),
+        }
+    }
+
+    /// The versions of one chart, in index order.
+    pub fn versions(
+        &self,
+        chart: &str,
+    ) -> Option<impl ExactSizeIterator<Item = Entry<'_>> + Clone> {
+        let i = self
+            .charts
+            .binary_search_by(|c| self.str(c.name).cmp(chart))
+            .ok()?;
+        let c = self.charts[i];
+        let range = c.first as usize..(c.first + c.count) as usize;
+        Some(self.entries[range].iter().map(|e| self.entry(e)))
+    }
+
+    /// One chart version, by the version string as the index spells it.
+    pub fn find(&self, chart: &str, version: &str) -> Option<Entry<'_>> {
+        self.versions(chart)?.find(|e| e.version == version)
+    }
+
+    /// Chart names, sorted.
+    pub fn charts(&self) -> impl Iterator<Item = &str> {
+        self.charts.iter().map(|c| self.str(c.name))
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity()
+            + self.charts.capacity() * std::mem::size_of::<ChartSpan>()
+            + self.entries.capacity() * std::mem::size_of::<EntrySpans>()
+    }
+}
+
+/// A mirrored index: the bytes to serve, and what serving needs of the entries.
+pub struct Rewritten {
+    pub bytes: Vec<u8>,
+    pub compact: CompactIndex,
+}
+
 /// The mirror rewrite: the same index with every chart's URL list replaced by chartbridge's
-/// archive route. Serialised as YAML that Helm's strict parser accepts.
-pub fn rewrite_index(index: &IndexFile) -> Vec<u8> {
-    let mut out = index.clone();
-    for (name, versions) in out.entries.iter_mut() {
+/// archive route, written in `format`. Consumes the parsed index so that only one copy of it
+/// is ever in memory; what serving needs afterwards is `Rewritten::compact`.
+pub fn rewrite(mut index: IndexFile, format: IndexFormat) -> Rewritten {
+    let compact = CompactIndex::from_index(&index);
+    for (name, versions) in index.entries.iter_mut() {
         for v in versions.iter_mut() {
             // The entry's own name is what Helm uses; the map key is the same in valid indexes.
             let chart = if v.name.is_empty() {
@@ -149,9 +339,13 @@ pub fn rewrite_index(index: &IndexFile) -> Vec<u8> {
             v.urls = vec![archive_path(chart, &v.version)];
         }
     }
-    serde_saphyr::to_string(&out)
-        .expect("serialising an index cannot fail")
-        .into_bytes()
+    let bytes = render(&index, format);
+    Rewritten { bytes, compact }
+}
+
+/// The rewrite as YAML, keeping the parsed index (tests and benchmarks).
+pub fn rewrite_index(index: &IndexFile) -> Vec<u8> {
+    rewrite(index.clone(), IndexFormat::Yaml).bytes
 }
 
 #[cfg(test)]
@@ -240,6 +434,41 @@ generated: "2024-07-22T11:25:35.405163826Z"
         assert_eq!(got, expected);
         // deterministic
         assert_eq!(rewrite_index(&idx), out);
+    }
+
+    /// The JSON form: compact, keys in Helm's order, no escaped slashes, and it parses back
+    /// to the same index as the YAML form (through both our parsers).
+    #[test]
+    fn json_form_is_compact_ordered_and_equal_to_the_yaml_form() {
+        let idx = parse_index(INDEX.as_bytes(), IndexLimits::default()).unwrap();
+        let json = rewrite(idx.clone(), IndexFormat::Json);
+        let yaml = rewrite(idx.clone(), IndexFormat::Yaml);
+        let text = String::from_utf8(json.bytes.clone()).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"apiVersion":"v1","generated":"2024-07-22T11:25:35.405163826Z","entries":{"metallb":[{"name":"metallb","home":"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("\\/") && !text.contains('\n') && !text.contains(": "));
+        assert!(text.contains(r#""urls":["-/metallb/0.14.8/metallb-0.14.8.tgz"],"created":"2024-07-22T11:25:35.424530498Z","digest":"6e56"#));
+        let from_json = parse_index(&json.bytes, IndexLimits::default()).unwrap();
+        let from_yaml = parse_index(&yaml.bytes, IndexLimits::default()).unwrap();
+        assert_eq!(from_json, from_yaml);
+        // the compact entries keep the upstream URL and what serving needs
+        let c = &json.compact;
+        let e = c.find("metallb", "0.14.8").unwrap();
+        assert!(e.url.unwrap().starts_with("https://github.com/metallb"));
+        assert!(e.digest.starts_with("6e56"));
+        assert_eq!(e.created, Some("2024-07-22T11:25:35.424530498Z"));
+        let second = c.find("metallb", "1.0").unwrap();
+        assert_eq!(
+            (second.url, second.digest, second.created),
+            (Some("charts/metallb-1.0.tgz"), "", None)
+        );
+        assert_eq!(c.versions("metallb").unwrap().len(), 2);
+        assert!(c.versions("nope").is_none());
+        assert_eq!(c.charts().collect::<Vec<_>>(), vec!["metallb"]);
     }
 
     #[test]

@@ -6,17 +6,17 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use url::Url;
 
-use super::ServedManifest;
-use crate::cache::{BlobCache, Flight, RefStore};
+use super::{ServedManifest, Stores};
+use crate::cache::{BlobCache, Flight, Links, RefName, RefStore};
 use crate::config::{Limits, Upstream};
 use crate::convert::chart::{read_chart_metadata, ArchiveLimits};
-use crate::convert::index::{parse_index, rewrite_index, ChartVersion, IndexFile, IndexLimits};
+use crate::convert::index::{parse_index, rewrite, CompactIndex, Entry, IndexLimits};
 use crate::convert::manifest::{synthesize, BlobRef, OCI_MANIFEST};
 use crate::convert::version;
 use crate::error::{Error, Kind, Result};
@@ -28,16 +28,33 @@ use crate::upstream::{redact, Fetch, OciChart, Registry, UpstreamClient, Validat
 const REFRESH_RETRY: Duration = Duration::from_secs(10);
 
 /// One parsed index and what is derived from it. A refresh that finds the upstream unchanged
-/// shares it rather than copying it.
+/// shares it rather than copying it. The full parsed index is not kept: only the bytes the
+/// mirror serves and the compact entries serving needs.
 pub struct IndexContent {
-    pub index: IndexFile,
-    /// The mirror's index.yaml bytes (URLs rewritten) and their strong ETag.
-    pub rewritten: Bytes,
+    /// What serving needs of each chart's entries, in index order.
+    entries: CompactIndex,
+    /// The mirror's index (URLs rewritten), in the upstream's `index_format`, and its strong
+    /// ETag.
+    pub served: Bytes,
     pub etag: String,
     validators: Validators,
     /// Each chart's tag list, computed on first use (a busy tags/list would otherwise parse
     /// and sort every version on every request).
     tag_lists: Mutex<HashMap<String, Arc<Vec<String>>>>,
+    /// Heap bytes held, counted against `cache.max_index_memory_bytes`.
+    heap: u64,
+}
+
+impl IndexContent {
+    /// The index's entries (chart -> versions).
+    pub fn entries(&self) -> &CompactIndex {
+        &self.entries
+    }
+
+    /// Heap bytes this index holds in memory.
+    pub fn heap_bytes(&self) -> u64 {
+        self.heap
+    }
 }
 
 /// The index as last seen, and how fresh that is.
@@ -58,6 +75,56 @@ impl IndexState {
     }
 }
 
+/// The parsed indexes of every helm upstream, within `cache.max_index_memory_bytes`. When a
+/// new one does not fit, the least recently used others leave memory; they are read back
+/// from their persisted copy (and revalidated) when next asked for. One index bigger than the
+/// whole budget is refused with a message naming the setting.
+pub struct IndexMemory {
+    cache: moka::sync::Cache<String, Arc<IndexState>>,
+    budget: u64,
+}
+
+impl IndexMemory {
+    pub fn new(budget: u64) -> IndexMemory {
+        IndexMemory {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(budget)
+                .weigher(|_, s: &Arc<IndexState>| {
+                    u32::try_from(s.content.heap).unwrap_or(u32::MAX)
+                })
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .eviction_listener(|key: Arc<String>, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        let upstream = key.split('\0').next().unwrap_or_default().to_string();
+                        tracing::warn!(%upstream, "parsed index dropped from memory to stay within cache.max_index_memory_bytes; it is re-read from disk when asked for");
+                    }
+                })
+                .build(),
+            budget,
+        }
+    }
+
+    /// Bytes of parsed indexes held now.
+    pub fn used(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+}
+
+/// One chart version as an index snapshot names it (see `HelmUpstream::locate`).
+#[derive(Clone, Debug)]
+pub struct Located {
+    pub chart: String,
+    pub version: String,
+    /// The archive's URL, absolute (or `oci://`).
+    pub url: String,
+    /// The index's digest of the archive, when it gives one.
+    pub digest: Option<Digest>,
+    /// The index's `digest` field as written (part of the manifest's ref name).
+    index_digest: String,
+    pub created: Option<String>,
+}
+
 /// What the index says a tag resolves to.
 pub struct Resolved {
     pub version: String,
@@ -69,10 +136,13 @@ pub struct HelmUpstream {
     pub config: Upstream,
     client: Arc<UpstreamClient>,
     blobs: Arc<BlobCache>,
-    refs: Arc<RefStore>,
+    refs: Arc<dyn RefStore>,
+    links: Arc<Links>,
     limits: Limits,
     index_file: PathBuf,
-    state: RwLock<Option<Arc<IndexState>>>,
+    /// Where this upstream's parsed index lives (shared with the other helm upstreams).
+    memory: Arc<IndexMemory>,
+    memory_key: String,
     last_failure: Mutex<Option<Instant>>,
     index_flight: Flight<(), Arc<IndexState>>,
     archive_flight: Flight<String, (Bytes, Digest)>,
@@ -86,21 +156,32 @@ impl HelmUpstream {
     pub fn new(
         config: Upstream,
         client: Arc<UpstreamClient>,
-        blobs: Arc<BlobCache>,
-        refs: Arc<RefStore>,
+        stores: &Stores,
         limits: Limits,
-        cache_dir: &std::path::Path,
     ) -> Result<HelmUpstream> {
+        let (blobs, refs, links) = (
+            stores.blobs.clone(),
+            stores.refs.clone(),
+            stores.links.clone(),
+        );
+        let (cache_dir, memory) = (&stores.dir, stores.indexes.clone());
         let dir = cache_dir.join("indexes");
         std::fs::create_dir_all(&dir)?;
         Ok(HelmUpstream {
             index_file: dir.join(format!("{}.yaml", config.name)),
+            memory_key: format!(
+                "{}\0{}\0{}",
+                config.name,
+                config.url,
+                config.index_format.as_str()
+            ),
+            memory,
             config,
             client,
             blobs,
             refs,
+            links,
             limits,
-            state: RwLock::new(None),
             last_failure: Mutex::new(None),
             index_flight: Flight::default(),
             archive_flight: Flight::default(),
@@ -111,7 +192,13 @@ impl HelmUpstream {
     }
 
     fn current(&self) -> Option<Arc<IndexState>> {
-        self.state.read().expect("index state poisoned").clone()
+        self.memory.cache.get(&self.memory_key)
+    }
+
+    fn install(&self, state: Arc<IndexState>) {
+        self.memory.cache.insert(self.memory_key.clone(), state);
+        // Evict now, not at some later maintenance: the point is to give the memory back.
+        crate::metrics::index_memory(self.memory.used());
     }
 
     /// The index, refreshed if it is older than `index_ttl`. While the upstream fails, the last
@@ -160,7 +247,7 @@ impl HelmUpstream {
     async fn refresh(self: Arc<Self>) -> Result<Arc<IndexState>> {
         if self.current().is_none() {
             if let Some(s) = self.load_persisted().await {
-                *self.state.write().expect("poisoned") = Some(s);
+                self.install(s);
             }
         }
         let previous = self.current();
@@ -186,11 +273,16 @@ impl HelmUpstream {
                 IndexState::new(previous.expect("checked").content.clone(), false)
             }
             Ok(Fetch::Body { bytes, validators }) => {
-                let content = Self::build_content(bytes.clone(), validators.clone(), self.limits)
+                let content = self
+                    .build_content(bytes.clone(), validators.clone())
                     .await
                     .inspect_err(|_| crate::metrics::index_refresh(name, "invalid"))?;
                 crate::metrics::index_refresh(name, "updated");
                 self.persist(&bytes, &validators).await;
+                drop(bytes);
+                // The parse's garbage and the raw body are freed now; hand them back to the
+                // system rather than keep the peak as resident memory.
+                let _ = tokio::task::spawn_blocking(trim_heap).await;
                 IndexState::new(content, false)
             }
             Ok(Fetch::NotModified) => {
@@ -211,19 +303,22 @@ impl HelmUpstream {
                 return Err(e);
             }
         };
-        *self.state.write().expect("poisoned") = Some(state.clone());
+        self.install(state.clone());
         *self.last_failure.lock().expect("poisoned") = None;
         Ok(state)
     }
 
-    /// Parses and rewrites an index off the async threads (a big index takes a second).
+    /// Parses and rewrites an index off the async threads (a big index takes a second),
+    /// keeping only what serving needs, and refuses one that alone would not fit the index
+    /// memory budget.
     async fn build_content(
+        &self,
         bytes: Bytes,
         validators: Validators,
-        limits: Limits,
     ) -> Result<Arc<IndexContent>> {
-        let max_bytes = usize::try_from(limits.max_index_bytes).unwrap_or(usize::MAX);
-        tokio::task::spawn_blocking(move || {
+        let max_bytes = usize::try_from(self.limits.max_index_bytes).unwrap_or(usize::MAX);
+        let (format, budget) = (self.config.index_format, self.memory.budget);
+        let content = tokio::task::spawn_blocking(move || {
             let index = parse_index(
                 &bytes,
                 IndexLimits {
@@ -231,18 +326,29 @@ impl HelmUpstream {
                     ..IndexLimits::default()
                 },
             )?;
-            let rewritten = Bytes::from(rewrite_index(&index));
-            let etag = format!("\"{}\"", Digest::of(&rewritten).hex());
-            Ok(Arc::new(IndexContent {
-                index,
-                rewritten,
-                etag,
+            drop(bytes);
+            let out = rewrite(index, format);
+            let served = Bytes::from(out.bytes);
+            let heap = (served.len() + out.compact.heap_bytes()) as u64;
+            Ok::<_, Error>(Arc::new(IndexContent {
+                entries: out.compact,
+                etag: format!("\"{}\"", Digest::of(&served).hex()),
+                served,
                 validators,
                 tag_lists: Mutex::default(),
+                heap,
             }))
         })
         .await
-        .map_err(|e| Error::internal(format!("index parse task failed: {e}")))?
+        .map_err(|e| Error::internal(format!("index parse task failed: {e}")))??;
+        if content.heap > budget {
+            return Err(Error::upstream_invalid(format!(
+                "the index needs {} MiB in memory once parsed, over cache.max_index_memory_bytes ({} MiB)",
+                content.heap >> 20,
+                budget >> 20
+            )));
+        }
+        Ok(content)
     }
 
     /// Keeps the raw upstream index (and its validators) on disk for restarts and air gaps.
@@ -271,19 +377,27 @@ impl HelmUpstream {
             etag: meta["etag"].as_str().map(str::to_string),
             last_modified: meta["last_modified"].as_str().map(str::to_string),
         };
-        let content = Self::build_content(Bytes::from(raw), validators, self.limits)
+        let content = self
+            .build_content(Bytes::from(raw), validators)
             .await
+            .map_err(|e| {
+                tracing::warn!(upstream = %self.config.name, error = %e, "persisted index unusable")
+            })
             .ok()?;
+        let _ = tokio::task::spawn_blocking(trim_heap).await;
         Some(IndexState::new(content, true))
     }
 
     /// The chart's entries, or NAME_UNKNOWN.
-    fn entries<'a>(state: &'a IndexState, chart: &str) -> Result<&'a [ChartVersion]> {
+    fn entries<'a>(
+        state: &'a IndexState,
+        chart: &str,
+    ) -> Result<impl ExactSizeIterator<Item = Entry<'a>> + Clone> {
         state
             .content
-            .index
+            .entries
             .versions(chart)
-            .filter(|v| !v.is_empty())
+            .filter(|v| v.len() > 0)
             .ok_or_else(|| {
                 Error::new(
                     Kind::NameUnknown,
@@ -293,8 +407,7 @@ impl HelmUpstream {
     }
 
     /// The chart's OCI tags (valid tags only), with `latest` where it is synthesised.
-    pub async fn tags(self: &Arc<Self>, chart: &str) -> Result<Arc<Vec<String>>> {
-        let state = self.index().await?;
+    pub fn tags(state: &IndexState, chart: &str) -> Result<Arc<Vec<String>>> {
         let cached = state
             .content
             .tag_lists
@@ -305,10 +418,7 @@ impl HelmUpstream {
         if let Some(tags) = cached {
             return Ok(tags);
         }
-        let versions: Vec<&str> = Self::entries(&state, chart)?
-            .iter()
-            .map(|v| v.version.as_str())
-            .collect();
+        let versions: Vec<&str> = Self::entries(state, chart)?.map(|v| v.version).collect();
         let tags: Arc<Vec<String>> = Arc::new(
             version::tag_list(&versions)
                 .into_iter()
@@ -324,13 +434,9 @@ impl HelmUpstream {
         Ok(tags)
     }
 
-    /// Resolves a tag to a version of the chart.
-    pub async fn resolve(self: &Arc<Self>, chart: &str, tag: &Tag) -> Result<Resolved> {
-        let state = self.index().await?;
-        let versions: Vec<&str> = Self::entries(&state, chart)?
-            .iter()
-            .map(|v| v.version.as_str())
-            .collect();
+    /// Resolves a tag to a version of the chart, in one index snapshot.
+    pub fn resolve(state: &IndexState, chart: &str, tag: &Tag) -> Result<Resolved> {
+        let versions: Vec<&str> = Self::entries(state, chart)?.map(|v| v.version).collect();
         let found = version::resolve_tag(&versions, tag.as_str()).ok_or_else(|| {
             Error::new(
                 Kind::ManifestUnknown,
@@ -343,15 +449,37 @@ impl HelmUpstream {
         })
     }
 
-    fn chart_url(&self, entry: &ChartVersion) -> Result<String> {
-        let first = entry.urls.first().ok_or_else(|| {
-            Error::upstream_invalid(format!(
-                "index entry {} {} has no URL",
-                entry.name, entry.version
-            ))
+    /// One chart version of an index snapshot, with everything fetching and building it needs:
+    /// resolved once per request and passed down, so a request never mixes two index versions.
+    pub fn locate(&self, state: &IndexState, chart: &str, version: &str) -> Result<Located> {
+        let e = state.content.entries.find(chart, version).ok_or_else(|| {
+            Error::new(
+                Kind::NotFound,
+                format!("no chart {chart} {version} upstream"),
+            )
+        })?;
+        let digest = match e.digest {
+            "" => None,
+            hex => Some(Digest::from_hex(hex).map_err(|_| {
+                Error::upstream_invalid(format!("index digest for {chart} {version} is malformed"))
+            })?),
+        };
+        Ok(Located {
+            chart: chart.to_string(),
+            version: e.version.to_string(),
+            url: self.chart_url(chart, &e)?,
+            digest,
+            index_digest: e.digest.to_string(),
+            created: e.created.map(str::to_string),
+        })
+    }
+
+    fn chart_url(&self, chart: &str, entry: &Entry<'_>) -> Result<String> {
+        let first = entry.url.ok_or_else(|| {
+            Error::upstream_invalid(format!("index entry {chart} {} has no URL", entry.version))
         })?;
         if first.starts_with("oci://") {
-            return Ok(first.clone());
+            return Ok(first.to_string());
         }
         self.config
             .url
@@ -360,38 +488,14 @@ impl HelmUpstream {
             .map_err(|e| Error::upstream_invalid(format!("index URL {first:?} is invalid: {e}")))
     }
 
-    /// One index entry, or NotFound.
-    async fn entry(self: &Arc<Self>, chart: &str, version: &str) -> Result<ChartVersion> {
-        let state = self.index().await?;
-        state
-            .content
-            .index
-            .find(chart, version)
-            .cloned()
-            .ok_or_else(|| {
-                Error::new(
-                    Kind::NotFound,
-                    format!("no chart {chart} {version} upstream"),
-                )
-            })
-    }
-
     /// The chart archive bytes, verified against the index digest when the index has one.
     /// Served from cache without touching the upstream once fetched.
-    pub async fn archive(self: &Arc<Self>, chart: &str, version: &str) -> Result<(Bytes, Digest)> {
-        let entry = self.entry(chart, version).await?;
-        let url = self.chart_url(&entry)?;
-        let expected = match entry.digest.as_str() {
-            "" => None,
-            hex => Some(Digest::from_hex(hex).map_err(|_| {
-                Error::upstream_invalid(format!("index digest for {chart} {version} is malformed"))
-            })?),
-        };
-        let known = expected.clone().or_else(|| {
+    pub async fn archive(self: &Arc<Self>, at: &Located) -> Result<(Bytes, Digest)> {
+        let known = at.digest.clone().or_else(|| {
             self.url_digests
                 .lock()
                 .expect("poisoned")
-                .get(&url)
+                .get(&at.url)
                 .cloned()
         });
         if let Some(d) = &known {
@@ -400,32 +504,52 @@ impl HelmUpstream {
             }
         }
         let this = self.clone();
-        let key = url.clone();
+        let at = at.clone();
         self.archive_flight
-            .run(key, async move {
-                let bytes = this.fetch_chart(&url, &entry).await?;
+            .run(at.url.clone(), async move {
+                let (url, expected) = (&at.url, &at.digest);
+                let bytes = this.fetch_chart(url, &at.version).await?;
                 let actual = Digest::of(&bytes);
-                if let Some(e) = &expected {
-                    if e != &actual {
+                match expected {
+                    Some(e) if e != &actual => {
                         return Err(Error::upstream_invalid(format!(
                             "{} does not match its index digest: index says {e}, upstream sent {actual}",
-                            redact_str(&url)
+                            redact_str(url)
                         )));
+                    }
+                    Some(_) => {}
+                    // Nothing vouches for these bytes: cache and serve them only if they are a
+                    // chart (a gzip tar holding a Chart.yaml), never whatever the URL answered.
+                    None => {
+                        let b = bytes.clone();
+                        tokio::task::spawn_blocking(move || {
+                            read_chart_metadata(&b, ArchiveLimits::default())
+                        })
+                        .await
+                        .map_err(|e| Error::internal(format!("chart check failed: {e}")))?
+                        .map_err(|e| {
+                            Error::upstream_invalid(format!(
+                                "{} is not a chart archive: {}",
+                                redact_str(url),
+                                e.message()
+                            ))
+                        })?;
                     }
                 }
                 this.blobs.put(&actual, bytes.clone()).await?;
-                this.url_digests.lock().expect("poisoned").insert(url, actual.clone());
+                this.url_digests
+                    .lock()
+                    .expect("poisoned")
+                    .insert(url.clone(), actual.clone());
                 Ok((bytes, actual))
             })
             .await
     }
 
-    async fn fetch_chart(&self, url: &str, entry: &ChartVersion) -> Result<Bytes> {
+    async fn fetch_chart(&self, url: &str, version: &str) -> Result<Bytes> {
         let max = self.limits.max_chart_bytes;
         if url.starts_with("oci://") {
-            self.pull_oci(url, &entry.version, max)
-                .await
-                .map(|c| c.chart)
+            self.pull_oci(url, version, max).await.map(|c| c.chart)
         } else {
             let u =
                 Url::parse(url).map_err(|e| Error::upstream_invalid(format!("bad URL: {e}")))?;
@@ -445,25 +569,19 @@ impl HelmUpstream {
     }
 
     /// The chart's `.prov` file, when the upstream has one (`None` only on a definite 404).
-    pub async fn provenance(
-        self: &Arc<Self>,
-        chart: &str,
-        version: &str,
-    ) -> Result<Option<(Bytes, Digest)>> {
-        let ref_name = format!("prov\0{}\0{chart}\0{version}", self.config.name);
-        if let Some(d) = self.refs.get(&ref_name).await {
+    pub async fn provenance(self: &Arc<Self>, at: &Located) -> Result<Option<(Bytes, Digest)>> {
+        let ref_name = RefName::new(["prov", self.config.name.as_str(), &at.chart, &at.version]);
+        if let Some(d) = self.refs.get_digest(&ref_name).await {
             if let Some(b) = self.blobs.get(&d).await? {
                 return Ok(Some((b, d)));
             }
         }
-        let entry = self.entry(chart, version).await?;
-        let url = self.chart_url(&entry)?;
-        let prov = if url.starts_with("oci://") {
-            self.pull_oci(&url, &entry.version, self.limits.max_chart_bytes)
+        let prov = if at.url.starts_with("oci://") {
+            self.pull_oci(&at.url, &at.version, self.limits.max_chart_bytes)
                 .await?
                 .prov
         } else {
-            let u = Url::parse(&format!("{url}.prov"))
+            let u = Url::parse(&format!("{}.prov", at.url))
                 .map_err(|e| Error::upstream_invalid(format!("bad URL: {e}")))?;
             match self
                 .client
@@ -484,7 +602,7 @@ impl HelmUpstream {
             Some(b) => {
                 let d = Digest::of(&b);
                 self.blobs.put(&d, b.clone()).await?;
-                self.refs.put(&ref_name, &d).await?;
+                self.persist_ref(&ref_name, &d).await;
                 Ok(Some((b, d)))
             }
             None => Ok(None),
@@ -493,37 +611,28 @@ impl HelmUpstream {
 
     /// The OCI manifest for one chart version, built once and remembered (memory, then a ref on
     /// disk), so a restarted or disconnected mirror serves the same bytes.
-    pub async fn manifest(self: &Arc<Self>, chart: &str, version: &str) -> Result<ServedManifest> {
+    pub async fn manifest(self: &Arc<Self>, at: &Located) -> Result<ServedManifest> {
         // Keyed by the index digest too: a republished archive gets its own manifest.
-        let state = self.index().await?;
-        let entry_digest = state
-            .content
-            .index
-            .find(chart, version)
-            .map(|e| e.digest.clone())
-            .unwrap_or_default();
-        let ref_name = format!(
-            "manifest\0{}\0{chart}\0{version}\0{entry_digest}",
-            self.config.name
-        );
-        if let Some(d) = self.refs.get(&ref_name).await {
-            if let Some(m) = self.manifest_by_digest(&d).await? {
+        let ref_name = RefName::new([
+            "manifest",
+            self.config.name.as_str(),
+            &at.chart,
+            &at.version,
+            &at.index_digest,
+        ]);
+        if let Some(d) = self.refs.get_digest(&ref_name).await {
+            if let Some(m) = self.built_manifest(&d).await? {
+                self.link_manifest(&at.chart, &m).await;
                 return Ok(m);
             }
         }
         let this = self.clone();
-        let (c, v) = (chart.to_string(), version.to_string());
+        let at = at.clone();
         self.manifest_flight
-            .run((c.clone(), v.clone()), async move {
-                let (tgz, chart_digest) = this.archive(&c, &v).await?;
-                let prov = this.provenance(&c, &v).await?;
-                let created = this
-                    .index()
-                    .await?
-                    .content
-                    .index
-                    .find(&c, &v)
-                    .and_then(|e| e.created.clone());
+            .run((at.chart.clone(), at.version.clone()), async move {
+                let (tgz, chart_digest) = this.archive(&at).await?;
+                let prov = this.provenance(&at).await?;
+                let created = at.created.clone();
                 let limits = ArchiveLimits::default();
                 let art = tokio::task::spawn_blocking(move || -> Result<_> {
                     let meta = read_chart_metadata(&tgz, limits)?;
@@ -550,12 +659,13 @@ impl HelmUpstream {
                 this.blobs
                     .put(&art.manifest_digest, art.manifest.clone())
                     .await?;
-                this.refs.put(&ref_name, &art.manifest_digest).await?;
+                this.persist_ref(&ref_name, &art.manifest_digest).await;
                 let served = ServedManifest {
                     bytes: art.manifest,
                     digest: art.manifest_digest,
                     media_type: OCI_MANIFEST.to_string(),
                 };
+                this.link_manifest(&at.chart, &served).await;
                 this.manifests
                     .insert(served.digest.clone(), served.clone())
                     .await;
@@ -564,8 +674,37 @@ impl HelmUpstream {
             .await
     }
 
+    /// Stores a ref; a disk that refuses it costs a rebuild after a restart, not this answer.
+    async fn persist_ref(&self, name: &RefName, d: &Digest) {
+        if let Err(e) = self.refs.put(name, d.to_string().as_bytes()).await {
+            tracing::warn!(r#ref = %name, error = %e, "cache write failed; serving without caching");
+            crate::metrics::cache_write_failure();
+        }
+    }
+
+    /// Links the chart's repository to a manifest built for it and to everything it names
+    /// (config blob, archive, provenance): what this upstream may serve by digest.
+    async fn link_manifest(&self, chart: &str, m: &ServedManifest) {
+        self.links
+            .add_manifest(self.config.name.as_str(), chart, &m.digest, &m.bytes)
+            .await;
+    }
+
+    /// A manifest built for `chart` before, by digest. A digest this chart's manifests never
+    /// had is unknown here, even when another upstream's content has it.
+    pub async fn manifest_by_digest(
+        &self,
+        chart: &str,
+        d: &Digest,
+    ) -> Result<Option<ServedManifest>> {
+        if !self.links.has(self.config.name.as_str(), chart, d).await {
+            return Ok(None);
+        }
+        self.built_manifest(d).await
+    }
+
     /// A manifest this upstream built before, by digest.
-    pub async fn manifest_by_digest(&self, d: &Digest) -> Result<Option<ServedManifest>> {
+    async fn built_manifest(&self, d: &Digest) -> Result<Option<ServedManifest>> {
         if let Some(m) = self.manifests.get(d).await {
             return Ok(Some(m));
         }
@@ -593,16 +732,23 @@ impl HelmUpstream {
     /// A blob of a chart: from cache, or (for the chart layer) fetched through the index entry
     /// whose digest it is.
     pub async fn blob(self: &Arc<Self>, chart: &str, d: &Digest) -> Result<Bytes> {
-        if let Some(b) = self.blobs.get(d).await? {
-            return Ok(b);
+        // Only what this chart's index entries and manifests name: the store is shared.
+        if self.links.has(self.config.name.as_str(), chart, d).await {
+            if let Some(b) = self.blobs.get(d).await? {
+                return Ok(b);
+            }
         }
         let state = self.index().await?;
-        let entry = Self::entries(&state, chart)?
-            .iter()
+        let version = Self::entries(&state, chart)?
             .find(|e| e.digest == d.hex())
-            .map(|e| e.version.clone());
-        match entry {
-            Some(version) => Ok(self.archive(chart, &version).await?.0),
+            .map(|e| e.version.to_string());
+        match version {
+            Some(version) => {
+                let at = self.locate(&state, chart, &version)?;
+                let (b, _) = self.archive(&at).await?;
+                self.links.add(self.config.name.as_str(), chart, d).await;
+                Ok(b)
+            }
             None => Err(Error::new(Kind::BlobUnknown, format!("blob {d} unknown"))),
         }
     }
@@ -612,4 +758,14 @@ fn redact_str(url: &str) -> String {
     Url::parse(url)
         .map(|u| redact(&u))
         .unwrap_or_else(|_| url.to_string())
+}
+
+/// Returns freed heap memory to the system (glibc keeps it otherwise, so a parse's peak would
+/// stay resident).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -13,6 +13,18 @@ use crate::ids::Digest;
 pub use helm::HelmUpstream;
 pub use oci::OciUpstream;
 
+/// The cache every upstream shares: blob tiers, refs, per-repository links, and the budget
+/// of parsed helm indexes. Built once by the app and kept across reloads.
+#[derive(Clone)]
+pub struct Stores {
+    pub blobs: std::sync::Arc<crate::cache::BlobCache>,
+    pub refs: std::sync::Arc<dyn crate::cache::RefStore>,
+    pub links: std::sync::Arc<crate::cache::Links>,
+    pub indexes: std::sync::Arc<helm::IndexMemory>,
+    /// The cache directory (helm upstreams persist their last good index under `indexes/`).
+    pub dir: std::path::PathBuf,
+}
+
 /// A manifest as served: bytes, digest, media type.
 #[derive(Clone, Debug)]
 pub struct ServedManifest {

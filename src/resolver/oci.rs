@@ -16,9 +16,9 @@ mod chart_index;
 
 pub use chart_index::BuiltIndex;
 
-use super::ServedManifest;
+use super::{ServedManifest, Stores};
 use crate::cache::BlobData;
-use crate::cache::{BlobCache, Flight, RefStore};
+use crate::cache::{BlobCache, Flight, Links, RefName, RefStore};
 use crate::config::{LatestPolicy, Limits, Upstream};
 use crate::convert::index::ChartVersion;
 use crate::convert::version;
@@ -39,31 +39,39 @@ pub enum BlobAnswer {
     Data(BlobData),
     /// HEAD of a blob not cached: its length, from the upstream.
     Head(u64),
-    /// A cold GET: `len` bytes arriving as they are fetched (and cached).
+    /// A cold GET: the blob's `len` bytes arriving as they are fetched (and cached).
     Stream(u64, mpsc::Receiver<Result<Bytes>>),
+    /// A cold GET with a `Range`: bytes `start..end` of a blob of `len`, as they arrive.
+    Partial {
+        len: u64,
+        start: u64,
+        end: u64,
+        rx: mpsc::Receiver<Result<Bytes>>,
+    },
 }
 
 pub struct OciUpstream {
     pub config: Upstream,
     registry: Arc<Registry>,
     blobs: Arc<BlobCache>,
-    refs: Arc<RefStore>,
+    refs: Arc<dyn RefStore>,
+    links: Arc<Links>,
     limits: Limits,
     tag_lists: moka::future::Cache<String, Arc<Vec<String>>>,
     resolutions: moka::future::Cache<(String, String), Digest>,
     manifests: moka::future::Cache<Digest, ServedManifest>,
     tags_flight: Flight<String, Arc<Vec<String>>>,
     resolve_flight: Flight<(String, String), Digest>,
-    manifest_flight: Flight<Digest, ServedManifest>,
-    blob_flight: Flight<Digest, ()>,
+    manifest_flight: Flight<(String, Digest), ServedManifest>,
+    blob_flight: Flight<blobs::FetchKey, ()>,
     /// Index entries by (chart layer digest, URL prefix): a refresh only fetches new configs.
     index_entries: moka::future::Cache<(Digest, String), ChartVersion>,
     /// Built index.yaml views, fresh for `tag_ttl`.
-    built_indexes: moka::future::Cache<String, BuiltIndex>,
+    built_indexes: moka::future::Cache<String, Result<BuiltIndex>>,
     /// Recent upstream failures, answered again without asking for `NEGATIVE_TTL`.
     failures: moka::future::Cache<String, Error>,
     /// In-flight blob fetches whose bytes followers can stream.
-    tees: std::sync::Mutex<std::collections::HashMap<Digest, Arc<crate::cache::Tee>>>,
+    tees: std::sync::Mutex<std::collections::HashMap<blobs::FetchKey, Arc<crate::cache::Tee>>>,
     /// Woken when a tee joins `tees`, so followers waiting for one need not poll.
     tee_added: tokio::sync::Notify,
 }
@@ -72,10 +80,14 @@ impl OciUpstream {
     pub fn new(
         config: Upstream,
         client: Arc<crate::upstream::UpstreamClient>,
-        blobs: Arc<BlobCache>,
-        refs: Arc<RefStore>,
+        stores: &Stores,
         limits: Limits,
     ) -> OciUpstream {
+        let (blobs, refs, links) = (
+            stores.blobs.clone(),
+            stores.refs.clone(),
+            stores.links.clone(),
+        );
         let registry = Arc::new(Registry::new(
             client,
             &config.url,
@@ -87,6 +99,7 @@ impl OciUpstream {
             registry,
             blobs,
             refs,
+            links,
             limits,
             tag_lists: moka::future::Cache::builder()
                 .max_capacity(10_000)
@@ -125,8 +138,12 @@ impl OciUpstream {
         }
     }
 
-    fn ref_name(&self, what: &str, parts: &[&str]) -> String {
-        format!("{what}\0{}\0{}", self.config.name, parts.join("\0"))
+    fn ref_name(&self, what: &str, parts: &[&str]) -> RefName {
+        RefName::new(
+            [what, self.config.name.as_str()]
+                .into_iter()
+                .chain(parts.iter().copied()),
+        )
     }
 
     /// The upstream's tags, all pages; fresh for `tag_ttl`, the last good list on failure.
@@ -144,7 +161,7 @@ impl OciUpstream {
                 let json = serde_json::to_string(&*tags).unwrap_or_default();
                 let (refs, name) = (this.refs.clone(), this.ref_name("tags", &[&r]));
                 persist(format!("tag list {r}"), async move {
-                    refs.put_text(&name, &json).await
+                    refs.put(&name, json.as_bytes()).await
                 });
                 Ok(tags)
             })
@@ -247,8 +264,8 @@ impl OciUpstream {
         reference: &Reference,
     ) -> Result<ServedManifest> {
         let up = self.upstream_repo(repo);
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
+        let (digest, named_here) = match reference {
+            Reference::Digest(d) => (d.clone(), false),
             Reference::Tag(t) => {
                 let mut tag = t.as_str().to_string();
                 if tag == version::LATEST && self.config.latest != LatestPolicy::Never {
@@ -258,10 +275,10 @@ impl OciUpstream {
                         tag = target;
                     }
                 }
-                self.resolve_tag(&up, &tag).await?
+                (self.resolve_tag(&up, &tag).await?, true)
             }
         };
-        self.manifest_by_digest(&up, &digest).await
+        self.manifest_by_digest(&up, &digest, named_here).await
     }
 
     /// Tag -> digest: fresh for `tag_ttl`, then re-checked with HEAD; the last known answer when
@@ -279,23 +296,22 @@ impl OciUpstream {
             .run(key.clone(), async move {
                 // A tag seen before is re-checked with a HEAD (free on Docker Hub); a new one
                 // needs its manifest anyway, so one GET resolves and fetches it.
-                let d = if this.refs.get(&rn).await.is_some() {
+                let d = if this.refs.get_digest(&rn).await.is_some() {
                     this.head_tag(&r, &t).await?
                 } else {
                     this.get_tag(&r, &t).await?
                 };
                 let (refs, dd) = (this.refs.clone(), d.clone());
-                persist(
-                    format!("tag {r}:{t}"),
-                    async move { refs.put(&rn, &dd).await },
-                );
+                persist(format!("tag {r}:{t}"), async move {
+                    refs.put(&rn, dd.to_string().as_bytes()).await
+                });
                 this.resolutions.insert((r, t), d.clone()).await;
                 Ok(d)
             })
             .await;
         match result {
             Err(e) if e.kind() != Kind::ManifestUnknown && e.kind() != Kind::NameUnknown => {
-                match self.refs.get(&ref_name).await {
+                match self.refs.get_digest(&ref_name).await {
                     Some(d) => {
                         crate::metrics::stale_served("tag");
                         tracing::warn!(upstream = %self.config.name, repo, tag, error = %e, "tag check failed; serving the last known digest");
@@ -388,33 +404,58 @@ impl OciUpstream {
         let (blobs, refs, mm) = (self.blobs.clone(), self.refs.clone(), m.clone());
         persist(format!("manifest {d}"), async move {
             blobs.put(&mm.digest, mm.bytes).await?;
-            refs.put_text(&format!("mediatype\0{}", mm.digest), &mm.media_type)
-                .await
+            refs.put(
+                &RefName::new(["mediatype", &mm.digest.to_string()]),
+                mm.media_type.as_bytes(),
+            )
+            .await
         });
         Ok(m)
     }
 
-    /// A manifest by digest: immutable, so from cache forever once fetched and verified.
+    /// A manifest this process or an earlier one stored, whichever repository it came from.
+    async fn cached_manifest(&self, d: &Digest) -> Result<Option<ServedManifest>> {
+        if let Some(m) = self.manifests.get(d).await {
+            return Ok(Some(m));
+        }
+        let Some(media_type) = self
+            .refs
+            .get_text(&RefName::new(["mediatype", &d.to_string()]))
+            .await
+        else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.blobs.get(d).await? else {
+            return Ok(None);
+        };
+        let m = ServedManifest {
+            bytes,
+            digest: d.clone(),
+            media_type,
+        };
+        self.manifests.insert(d.clone(), m.clone()).await;
+        Ok(Some(m))
+    }
+
+    /// A manifest by digest: immutable, so from cache forever once fetched and verified, but
+    /// only to a repository that holds it: `named_here` when this repository's own tag
+    /// resolved to it, else a link (or the upstream confirming it with a HEAD). Whatever is
+    /// served here links the repository to the manifest and everything it references.
     async fn manifest_by_digest(
         self: &Arc<Self>,
         repo: &str,
         d: &Digest,
+        named_here: bool,
     ) -> Result<ServedManifest> {
-        if let Some(m) = self.manifests.get(d).await {
+        let upstream = self.config.name.as_str();
+        if let Some(m) = self.cached_manifest(d).await? {
+            if !named_here && !self.links.has(upstream, repo, d).await {
+                self.head_manifest(repo, d).await?;
+            }
+            self.links.add_manifest(upstream, repo, d, &m.bytes).await;
             return Ok(m);
         }
-        if let Some(media_type) = self.refs.get_text(&format!("mediatype\0{d}")).await {
-            if let Some(bytes) = self.blobs.get(d).await? {
-                let m = ServedManifest {
-                    bytes,
-                    digest: d.clone(),
-                    media_type,
-                };
-                self.manifests.insert(d.clone(), m.clone()).await;
-                return Ok(m);
-            }
-        }
-        let failure_key = format!("manifest\0{d}");
+        let failure_key = format!("manifest\0{repo}\0{d}");
         if let Some(e) = self.failures.get(&failure_key).await {
             return Err(e);
         }
@@ -422,7 +463,7 @@ impl OciUpstream {
         let (r, dd) = (repo.to_string(), d.clone());
         let result = self
             .manifest_flight
-            .run(d.clone(), async move {
+            .run((r.clone(), d.clone()), async move {
                 let resp = this
                     .registry
                     .request(
@@ -449,10 +490,42 @@ impl OciUpstream {
                 this.store_manifest(&dd, bytes, ct).await
             })
             .await;
-        if let Err(e) = &result {
-            self.remember_failure(failure_key, e).await;
+        match &result {
+            Ok(m) => self.links.add_manifest(upstream, repo, d, &m.bytes).await,
+            Err(e) => self.remember_failure(failure_key, e).await,
         }
         result
+    }
+
+    /// Asks the upstream whether `repo` holds the manifest `d` (a HEAD, which Docker Hub does
+    /// not count as a pull): `MANIFEST_UNKNOWN` (remembered briefly) when it does not.
+    async fn head_manifest(&self, repo: &str, d: &Digest) -> Result<()> {
+        let failure_key = format!("manifest\0{repo}\0{d}");
+        if let Some(e) = self.failures.get(&failure_key).await {
+            return Err(e);
+        }
+        let answer = async {
+            let r = self
+                .registry
+                .request(
+                    reqwest::Method::HEAD,
+                    repo,
+                    &format!("manifests/{d}"),
+                    MANIFEST_ACCEPT,
+                )
+                .await?;
+            r.require_ok(|| {
+                Error::new(
+                    Kind::ManifestUnknown,
+                    format!("manifest {d} unknown upstream"),
+                )
+            })
+        }
+        .await;
+        if let Err(e) = &answer {
+            self.remember_failure(failure_key, e).await;
+        }
+        answer
     }
 
     /// `GET /v2/<name>/referrers/<digest>`: passed through (not cached: it changes as artifacts

@@ -45,7 +45,9 @@ pub struct Policy {
     pub retries: u32,
     /// Never contact the upstream: everything is answered from cache or refused.
     pub offline: bool,
-    /// Hosts besides the upstream's own that chart URLs and redirects may reach.
+    /// When not empty, the only hosts besides the upstream's own that chart URLs and redirects
+    /// may reach (`host`, `*.suffix`, optionally `:port`); when empty, any public host on
+    /// ports 80 and 443.
     pub allow_hosts: Vec<String>,
     /// Allow dialling private, loopback and link-local addresses of other hosts.
     pub allow_private: bool,
@@ -76,14 +78,12 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// The client of the upstream at `base`. `any_host`: registries redirect blobs to CDNs on
-    /// any host; chart repositories may only reach their own host and `allow_hosts`.
-    pub fn new(policy: Policy, base: &Url, any_host: bool) -> Result<UpstreamClient> {
+    /// The client of the upstream at `base`, inside the SSRF boundary of `guard`.
+    pub fn new(policy: Policy, base: &Url) -> Result<UpstreamClient> {
         let guard = std::sync::Arc::new(guard::Guard::new(
             base,
             &policy.allow_hosts,
             policy.allow_private,
-            any_host,
         ));
         let http = reqwest::Client::builder()
             .user_agent(concat!("chartbridge/", env!("CARGO_PKG_VERSION")))
@@ -114,6 +114,26 @@ impl UpstreamClient {
         url: &Url,
     ) -> Result<reqwest::Response> {
         self.guard.check_url(url)?;
+        self.send_checked(label, req, url).await
+    }
+
+    /// `send` to a registry's token realm (see `Guard::check_realm`).
+    pub(crate) async fn send_to_realm(
+        &self,
+        label: &str,
+        req: reqwest::RequestBuilder,
+        url: &Url,
+    ) -> Result<reqwest::Response> {
+        self.guard.check_realm(url)?;
+        self.send_checked(label, req, url).await
+    }
+
+    async fn send_checked(
+        &self,
+        label: &str,
+        req: reqwest::RequestBuilder,
+        url: &Url,
+    ) -> Result<reqwest::Response> {
         if self.policy.offline {
             return Err(Error::new(
                 crate::error::Kind::UpstreamOffline,

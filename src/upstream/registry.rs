@@ -254,7 +254,7 @@ impl Registry {
         if let Some(c) = &self.credentials {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
-        let resp = self.client.send(&self.label, req, &url).await?;
+        let resp = self.client.send_to_realm(&self.label, req, &url).await?;
         if !resp.status().is_success() {
             return Err(Error::upstream_unavailable(format!(
                 "token endpoint {} answered HTTP {}",

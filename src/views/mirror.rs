@@ -15,7 +15,7 @@ pub async fn index(src: &Source, repo: Option<&RepoName>, req: &Request) -> Resu
     let (bytes, etag): (Bytes, String) = match (src, repo) {
         (Source::Helm(up), None) => {
             let state = up.index().await?;
-            (state.content.rewritten.clone(), state.content.etag.clone())
+            (state.content.served.clone(), state.content.etag.clone())
         }
         (Source::Helm(up), Some(r)) => {
             return Err(Error::new(
@@ -54,18 +54,20 @@ pub async fn archive(
     req: &Request,
 ) -> Result<Response> {
     let (bytes, d, content_type) = match (src, repo) {
-        (Source::Helm(up), None) if prov => {
-            let (b, d) = up.provenance(chart, version).await?.ok_or_else(|| {
-                Error::new(
-                    Kind::NotFound,
-                    format!("{chart} {version} has no provenance file upstream"),
-                )
-            })?;
-            (b, d, "application/octet-stream")
-        }
         (Source::Helm(up), None) => {
-            let (b, d) = up.archive(chart, version).await?;
-            (b, d, "application/gzip")
+            let at = up.locate(&*up.index().await?, chart, version)?;
+            if prov {
+                let (b, d) = up.provenance(&at).await?.ok_or_else(|| {
+                    Error::new(
+                        Kind::NotFound,
+                        format!("{chart} {version} has no provenance file upstream"),
+                    )
+                })?;
+                (b, d, "application/octet-stream")
+            } else {
+                let (b, d) = up.archive(&at).await?;
+                (b, d, "application/gzip")
+            }
         }
         (Source::Oci(up), Some(r)) => {
             let (b, d) = up.chart_archive(r, version, prov).await?;

@@ -9,7 +9,7 @@ use crate::error::{Error, Kind, Result};
 use crate::http::{blob_response, data_response, Request, Response};
 use crate::ids::{Digest, Reference, RepoName};
 use crate::resolver::oci::BlobAnswer;
-use crate::resolver::Source;
+use crate::resolver::{HelmUpstream, Source};
 
 /// The chart a repository name means under a helm upstream: a chart name is one component.
 fn chart(repo: &RepoName) -> Result<&str> {
@@ -40,7 +40,7 @@ pub async fn tags(
     req: &Request,
 ) -> Result<Response> {
     let all = match src {
-        Source::Helm(h) => h.tags(chart(repo)?).await?,
+        Source::Helm(h) => HelmUpstream::tags(&*h.index().await?, chart(repo)?)?,
         Source::Oci(o) => std::sync::Arc::new(o.tags(repo).await?),
     };
     let start = match last {
@@ -89,15 +89,23 @@ pub async fn manifest(
     let m = match src {
         Source::Helm(up) => match reference {
             Reference::Tag(tag) => {
-                let resolved = up.resolve(chart(repo)?, tag).await?;
+                // One index snapshot for the whole request.
+                let chart = chart(repo)?;
+                let state = up.index().await?;
+                let resolved = HelmUpstream::resolve(&state, chart, tag)?;
                 if resolved.synthesized_latest {
                     crate::metrics::latest_synthesized();
                 }
-                up.manifest(chart(repo)?, &resolved.version).await?
+                up.manifest(&up.locate(&state, chart, &resolved.version)?)
+                    .await?
             }
-            Reference::Digest(d) => up.manifest_by_digest(d).await?.ok_or_else(|| {
-                Error::new(Kind::ManifestUnknown, format!("manifest {d} unknown"))
-            })?,
+            Reference::Digest(d) => {
+                up.manifest_by_digest(chart(repo)?, d)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::new(Kind::ManifestUnknown, format!("manifest {d} unknown"))
+                    })?
+            }
         },
         Source::Oci(up) => up.manifest(repo, reference).await?,
     };
@@ -116,18 +124,29 @@ pub async fn blob(src: &Source, repo: &RepoName, d: &Digest, req: &Request) -> R
             Ok(blob_response(req, BLOB, bytes, Some(d)))
         }
         Source::Oci(up) => {
-            let answer = up.blob(repo, d, req.is_head(), req.range.is_some()).await?;
+            let etag = format!("\"{d}\"");
+            let range = req.range_for(Some(&etag));
+            let answer = up.blob(repo, d, req.is_head(), range).await?;
+            let cold = |status| {
+                Response::new(status)
+                    .header("Docker-Content-Digest", d.to_string())
+                    .header("ETag", etag.clone())
+                    .header("Accept-Ranges", "bytes")
+            };
             Ok(match answer {
                 BlobAnswer::Data(data) => data_response(req, BLOB, data, Some(d)),
-                BlobAnswer::Head(len) => Response::new(200)
-                    .header("Docker-Content-Digest", d.to_string())
-                    .header("Accept-Ranges", "bytes")
+                BlobAnswer::Head(len) => cold(200)
                     .header("Content-Type", BLOB)
                     .header("Content-Length", len.to_string()),
-                BlobAnswer::Stream(len, rx) => Response::new(200)
-                    .header("Docker-Content-Digest", d.to_string())
-                    .header("Accept-Ranges", "bytes")
-                    .with_stream(BLOB, len, rx),
+                BlobAnswer::Stream(len, rx) => cold(200).with_stream(BLOB, len, rx),
+                BlobAnswer::Partial {
+                    len,
+                    start,
+                    end,
+                    rx,
+                } => cold(206)
+                    .header("Content-Range", format!("bytes {start}-{}/{len}", end - 1))
+                    .with_stream(BLOB, end - start, rx),
             })
         }
     }

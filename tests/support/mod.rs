@@ -599,3 +599,56 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// Uploads `bytes` as a blob of `repo` to a registry with the distribution push API (a
+/// monolithic upload), returning its digest.
+pub fn push_blob(reg: &Proc, repo: &str, bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let d = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+    let c = client();
+    let r = c
+        .post(format!("{}/v2/{repo}/blobs/uploads/", reg.url()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202, "upload session");
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{}{loc}", reg.url())
+    };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{loc}{sep}digest={d}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "blob upload");
+    d
+}
+
+/// Deterministic incompressible bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Waits (up to 20 s) for `cond`, polling; panics with `what` when it never holds.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use super::OciUpstream;
 use crate::convert::chart::ChartMetadata;
 use crate::convert::index::ChartVersion;
-use crate::convert::index::{archive_path, IndexFile};
+use crate::convert::index::{archive_path, render, IndexFile};
 use crate::convert::manifest::{
     FALLBACK_CREATED, HELM_CHART_LAYER, HELM_CONFIG, HELM_PROV_LAYER, LEGACY_CHART_LAYER,
 };
@@ -128,17 +128,22 @@ impl OciUpstream {
         }))
     }
 
-    /// A small blob of a repository, from cache or fetched, verified and cached.
+    /// A small blob of a repository, from cache (when the repository holds it) or fetched,
+    /// verified, cached and linked.
     pub(super) async fn small_blob(&self, repo: &RepoName, d: &Digest) -> Result<Bytes> {
-        if let Some(b) = self.blobs.get(d).await? {
-            return Ok(b);
-        }
         let up = self.upstream_repo(repo);
+        if self.blobs.stat(d).await?.is_some() {
+            self.require_blob_link(&up, d).await?;
+            if let Some(b) = self.blobs.get(d).await? {
+                return Ok(b);
+            }
+        }
         let b = self
             .registry
             .verified_blob(&up, &d.to_string(), self.limits.max_chart_bytes)
             .await?;
         self.blobs.put(d, b.clone()).await?;
+        self.links.add(self.config.name.as_str(), &up, d).await;
         Ok(b)
     }
 
@@ -186,7 +191,7 @@ impl OciUpstream {
     pub async fn chart_index(self: &Arc<Self>, repo: Option<&RepoName>) -> Result<BuiltIndex> {
         let cache_key = repo.map(|r| r.to_string()).unwrap_or_default();
         if let Some(b) = self.built_indexes.get(&cache_key).await {
-            return Ok(b);
+            return b;
         }
         let repos: Vec<(RepoName, String)> = match repo {
             Some(r) => vec![(r.clone(), String::new())],
@@ -255,19 +260,23 @@ impl OciUpstream {
             versions.dedup_by(|a, b| a.version == b.version);
         }
         if repo.is_some() && index.entries.is_empty() {
-            return Err(Error::new(
+            // Remembered as long as a built index would be: asking again costs a manifest
+            // request per tag.
+            let e = Error::new(
                 Kind::NotFound,
                 format!("{} has no Helm chart tags", cache_key),
-            ));
+            );
+            self.built_indexes.insert(cache_key, Err(e.clone())).await;
+            return Err(e);
         }
-        let bytes = Bytes::from(
-            serde_saphyr::to_string(&index).map_err(|e| Error::internal(format!("index: {e}")))?,
-        );
+        let bytes = Bytes::from(render(&index, self.config.index_format));
         let built = BuiltIndex {
             etag: format!("\"{}\"", Digest::of(&bytes).hex()),
             bytes,
         };
-        self.built_indexes.insert(cache_key, built.clone()).await;
+        self.built_indexes
+            .insert(cache_key, Ok(built.clone()))
+            .await;
         Ok(built)
     }
 

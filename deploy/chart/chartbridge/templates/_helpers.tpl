@@ -59,8 +59,8 @@ Checks the values that end up in chartbridge.yaml, so a mistake fails `helm inst
 crash-looping the pod (chartbridge refuses unknown keys at start-up).
 */}}
 {{- define "chartbridge.validate" -}}
-{{- $upstreamKeys := list "name" "kind" "url" "index_ttl" "tag_ttl" "latest" "credentials" "charts" }}
-{{- $limitKeys := list "max_index_bytes" "max_chart_bytes" "max_blob_bytes" }}
+{{- $upstreamKeys := list "name" "kind" "url" "index_ttl" "index_format" "tag_ttl" "latest" "credentials" "charts" "timeouts" "retries" "offline" "allow_hosts" "allow_private" "access" }}
+{{- $limitKeys := list "max_index_bytes" "max_chart_bytes" "max_blob_bytes" "max_index_tags" "max_connections" "request_head_timeout" "idle_timeout" }}
 {{- $names := list }}
 {{- if and .Values.upstreams (not (kindIs "slice" .Values.upstreams)) }}
 {{- fail "upstreams must be a list" }}

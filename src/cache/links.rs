@@ -1,0 +1,157 @@
+//! Which repository may name which content. The blob store is shared and content-addressed
+//! (one copy of each blob), but the permission to read a blob or manifest by digest is per
+//! repository, as distribution keeps it with its per-repository link files: a by-digest read
+//! through upstream U and repository R is answered from the cache only when U/R is linked to
+//! that digest (a manifest of U/R references it, or U/R's upstream answered for it). Without
+//! that, anyone who learnt a digest could read content of a protected upstream through any other.
+//!
+//! Links are refs (`links/<upstream>/<repo>/<hex>`), so they survive restarts and travel with
+//! export and a shared store; the ones in use are also remembered in memory, bounded.
+
+use std::sync::Arc;
+
+use super::refs::{RefName, RefStore};
+use crate::ids::Digest;
+
+/// Links remembered in memory (32-byte keys): beyond this, a check reads the ref store.
+const MEMORY_LINKS: u64 = 500_000;
+
+pub struct Links {
+    refs: Arc<dyn RefStore>,
+    /// sha256 of the link's name: a fixed-size key, and no collision can grant access.
+    known: moka::sync::Cache<Digest, ()>,
+}
+
+/// The ref name of one link.
+pub fn link_name(upstream: &str, repo: &str, d: &Digest) -> RefName {
+    RefName::new(["links", upstream, repo, d.hex()])
+}
+
+/// The prefix of every link of one repository.
+pub fn repo_links(upstream: &str, repo: &str) -> RefName {
+    RefName::new(["links", upstream, repo])
+}
+
+fn key(name: &RefName) -> Digest {
+    Digest::of(name.encoded().as_bytes())
+}
+
+impl Links {
+    pub fn new(refs: Arc<dyn RefStore>) -> Links {
+        Links {
+            refs,
+            known: moka::sync::Cache::builder()
+                .max_capacity(MEMORY_LINKS)
+                .build(),
+        }
+    }
+
+    /// Whether `upstream`/`repo` is known to hold `d`.
+    pub async fn has(&self, upstream: &str, repo: &str, d: &Digest) -> bool {
+        let name = link_name(upstream, repo, d);
+        let k = key(&name);
+        if self.known.contains_key(&k) {
+            return true;
+        }
+        match self.refs.get(&name).await {
+            Ok(Some(_)) => {
+                self.known.insert(k, ());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records that `upstream`/`repo` holds `d`. Returns whether this is news to this process
+    /// (the caller then links what a manifest references). The ref is written in the
+    /// background: a link lost to a crash costs one question to the upstream, never a wrong
+    /// answer.
+    pub async fn add(&self, upstream: &str, repo: &str, d: &Digest) -> bool {
+        let name = link_name(upstream, repo, d);
+        let k = key(&name);
+        if self.known.contains_key(&k) {
+            return false;
+        }
+        self.known.insert(k, ());
+        let refs = self.refs.clone();
+        tokio::spawn(async move {
+            if matches!(refs.get(&name).await, Ok(Some(_))) {
+                return;
+            }
+            if let Err(e) = refs.put(&name, b"").await {
+                tracing::warn!(link = %name, error = %e, "link not persisted; a restart will ask the upstream again");
+            }
+        });
+        true
+    }
+
+    /// Links `upstream`/`repo` to `d` and, when that is news, to every descriptor the manifest
+    /// `bytes` references (config, layers, child manifests of an index, artifact blobs).
+    pub async fn add_manifest(&self, upstream: &str, repo: &str, d: &Digest, bytes: &[u8]) {
+        if !self.add(upstream, repo, d).await {
+            return;
+        }
+        for child in referenced(bytes) {
+            self.add(upstream, repo, &child).await;
+        }
+    }
+}
+
+/// The digests a manifest (OCI or Docker, image or index, or artifact) references.
+pub fn referenced(bytes: &[u8]) -> Vec<Digest> {
+    #[derive(serde::Deserialize)]
+    struct Desc {
+        digest: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Any {
+        config: Option<Desc>,
+        #[serde(default)]
+        layers: Vec<Desc>,
+        #[serde(default)]
+        manifests: Vec<Desc>,
+        #[serde(default)]
+        blobs: Vec<Desc>,
+    }
+    let Ok(m) = serde_json::from_slice::<Any>(bytes) else {
+        return Vec::new();
+    };
+    m.config
+        .into_iter()
+        .chain(m.layers)
+        .chain(m.manifests)
+        .chain(m.blobs)
+        .filter_map(|d| d.digest.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::DiskRefs;
+
+    #[tokio::test]
+    async fn links_are_per_repository_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let refs: Arc<dyn RefStore> = Arc::new(DiskRefs::open(dir.path()).unwrap());
+        let links = Links::new(refs.clone());
+        let (layer, config) = (Digest::of(b"layer"), Digest::of(b"config"));
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{config}"}},"layers":[{{"digest":"{layer}"}}]}}"#
+        );
+        let md = Digest::of(manifest.as_bytes());
+        links
+            .add_manifest("up", "a/b", &md, manifest.as_bytes())
+            .await;
+        for d in [&md, &layer, &config] {
+            assert!(links.has("up", "a/b", d).await);
+            assert!(!links.has("up", "a/c", d).await, "another repository");
+            assert!(!links.has("other", "a/b", d).await, "another upstream");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let again = Links::new(refs.clone());
+        assert!(again.has("up", "a/b", &layer).await, "persisted");
+        let listed = refs.list(&repo_links("up", "a/b")).await.unwrap();
+        assert_eq!(listed.len(), 3);
+    }
+}
