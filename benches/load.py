@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "chartbridge")
 HELM = os.path.join(ROOT, "target", "test-tools", "helm-v4.1.4")
 RUNS = int(os.environ.get("RUNS", "3"))
-# ONLY=cold (or blobs, api, index, helm) runs one section, for quick checks; RESULTS.md is
+# ONLY=cold (or blobs, api, index, jsonindex, startup) runs one section, for quick checks; RESULTS.md is
 # only written by a full run.
 ONLY = os.environ.get("ONLY")
 DURATION = os.environ.get("DURATION", "4s")
@@ -351,6 +351,42 @@ def main():
         row("helm pull, 15k repo", "wall s (helm peak RSS MB): chartbridge OCI vs repo add+update+pull",
             f"{v_t:.3f} ({v_m / 1024:.0f})", "-", "-", f"direct: {d_t:.3f} ({d_m / 1024:.0f})", "",
             f"{d_t / v_t:.1f}x faster, {d_m / v_m:.1f}x less memory")
+    if want("jsonindex"):
+        # the mirror view of the 15k index as JSON (the default) and as YAML: what helm pays to
+        # read it (search, wall time and peak RSS, every helm version), and chartbridge's rate
+        big = os.path.join(WORK, "jsonrepo")
+        os.makedirs(big)
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gen-index.py"), "150", "100",
+                        f"{big}/index.yaml"], check=True)
+        site, site_port = nginx(big)
+        cb, cb_port = chartbridge(
+            f"  - name: j\n    kind: helm\n    url: http://127.0.0.1:{site_port}\n    index_ttl: 1h\n"
+            f"  - name: y\n    kind: helm\n    url: http://127.0.0.1:{site_port}\n    index_ttl: 1h\n"
+            f"    index_format: yaml\n")
+        sizes = {f: len(get(f"http://127.0.0.1:{cb_port}/{f}/index.yaml")) / 1e6 for f in ["j", "y"]}
+        row("index as JSON", f"index bytes served, MB: JSON vs YAML", f"{sizes['j']:.1f} vs {sizes['y']:.1f}",
+            "", "", "", "", "")
+        for version in ["v3.17.3", "v3.18.0", "v4.1.4"]:
+            helm = os.path.join(ROOT, "target", "test-tools", f"helm-{version}")
+            res = {}
+            for f in ["j", "y"]:
+                # one repository per helm home: `helm search` reads every configured index
+                home = tempfile.mkdtemp(dir=WORK)
+                env = dict(os.environ, HOME=home, HELM_CACHE_HOME=f"{home}/c", HELM_CONFIG_HOME=f"{home}/f",
+                           HELM_DATA_HOME=f"{home}/d")
+                timed([helm, "repo", "add", f, f"http://127.0.0.1:{cb_port}/{f}"], env=env)
+                runs = [timed([helm, "search", "repo", f"{f}/chart042", "--versions"], env=env) for _ in range(RUNS)]
+                res[f] = (median([r[0] for r in runs]), median([r[1] for r in runs]))
+            row("index as JSON", f"helm {version} search repo --versions, s (helm peak RSS MB): JSON vs YAML",
+                f"{res['j'][0]:.2f} ({res['j'][1] / 1024:.0f}) vs {res['y'][0]:.2f} ({res['y'][1] / 1024:.0f})",
+                "", "", "", "", f"{res['y'][0] / res['j'][0]:.1f}x faster, {res['y'][1] / res['j'][1]:.1f}x less memory")
+        rates = {f: wrk_median(f"http://127.0.0.1:{cb_port}/{f}/index.yaml", conns=4) for f in ["j", "y"]}
+        row("index as JSON", "chartbridge warm index.yaml req/s (p99 ms): JSON vs YAML",
+            f"{rates['j']['rps']:.0f} ({rates['j']['p99']:.1f}) vs {rates['y']['rps']:.0f} ({rates['y']['p99']:.1f})",
+            "", "", "", "", "")
+        stop(cb)
+        stop(site)
+
     if want("startup"):
         # start-up on a cache of 100k blobs (the scan indexes sizes and mtimes for LRU)
         cache = os.path.join(WORK, "bigcache")
