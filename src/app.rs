@@ -12,14 +12,13 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::access::{Access, Throttle};
-use crate::cache::{BlobCache, DiskRefs, DiskStore, Links, MemoryStore, RefStore};
+use crate::cache::{BlobCache, Cache, CacheSettings, DiskRefs, DiskStore, MemoryStore, RefStore};
 use crate::config::Config;
 use crate::config::UpstreamKind;
 use crate::error::{Error, Kind, Result};
 use crate::http::{error_response, Api, Request, Response};
 use crate::ids::RepoName;
 use crate::ids::UpstreamName;
-use crate::resolver::helm::IndexMemory;
 use crate::resolver::{HelmUpstream, OciUpstream, Source, Stores};
 use crate::route::{self, OciOp, Route};
 use crate::upstream::UpstreamClient;
@@ -51,16 +50,18 @@ impl App {
             .await
             .map_err(|e| Error::internal(format!("cannot open cache dir {}: {e}", dir.display())))?
             .with_verify_on_read(config.cache.verify_on_read);
-        let blobs = Arc::new(BlobCache::new(
+        let blobs = BlobCache::new(
             MemoryStore::new(config.cache.max_memory_bytes),
             Arc::new(disk),
-        ));
+        );
         let refs: Arc<dyn RefStore> = Arc::new(DiskRefs::open(dir)?);
+        let settings = CacheSettings {
+            negative_ttl: config.cache.negative_ttl,
+            refresh_backoff: config.cache.refresh_backoff,
+            derived_budget: config.cache.max_index_memory_bytes,
+        };
         let stores = Stores {
-            blobs,
-            links: Arc::new(Links::new(refs.clone())),
-            refs,
-            indexes: Arc::new(IndexMemory::new(config.cache.max_index_memory_bytes)),
+            cache: Arc::new(Cache::new(blobs, refs, settings)),
             dir: dir.clone(),
         };
         let live = Live::build(config.clone(), &stores)?;
@@ -160,7 +161,7 @@ impl App {
                 r
             }
         };
-        if notes.cache == "stale" {
+        if resp.stale {
             // RFC 7234's stale warning: the upstream failed and a last-known answer was served.
             resp.headers
                 .push(("Warning", "110 chartbridge \"Response is Stale\"".into()));
@@ -184,7 +185,7 @@ impl App {
                 status = resp.status,
                 bytes,
                 ms = took.as_millis() as u64,
-                cache = notes.cache,
+                cache = if resp.stale { "stale" } else { notes.cache },
                 upstream = notes.upstream,
                 error = error.as_ref().map(|e| e.message()),
             );
@@ -227,7 +228,8 @@ impl App {
                 self.authorize(src, req).await?;
                 match op {
                     OciOp::Tags { n, last } => {
-                        views::oci::tags(src, &name, &repo, n, last.as_deref(), req).await
+                        views::oci::tags(src, &name, &repo, ns.as_deref(), n, last.as_deref(), req)
+                            .await
                     }
                     OciOp::Manifest(reference) => {
                         views::oci::manifest(src, &repo, &reference, req).await

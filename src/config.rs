@@ -12,6 +12,8 @@ use url::Url;
 
 use crate::convert::index::IndexFormat;
 use crate::ids::UpstreamName;
+pub use crate::policy::Credentials;
+use crate::policy::Policy;
 
 /// The configuration used when no file is given: see `config/chartbridge.yaml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/chartbridge.yaml");
@@ -54,6 +56,11 @@ pub struct RawCache {
     pub max_memory_bytes: Option<String>,
     /// Memory for parsed helm indexes, all upstreams together. Default `512MiB`.
     pub max_index_memory_bytes: Option<String>,
+    /// How long a failed upstream fetch is answered from memory. Default `1s`.
+    pub negative_ttl: Option<String>,
+    /// After a refresh failed and the last good copy was served, how long that copy keeps
+    /// being served before the upstream is asked again. Default `10s`.
+    pub refresh_backoff: Option<String>,
     /// Re-hash disk blobs before serving them. Default false.
     #[serde(default)]
     pub verify_on_read: bool,
@@ -180,19 +187,6 @@ pub enum LatestPolicy {
     Never,
 }
 
-/// Registry credentials, resolved from their sources at load time.
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, <redacted>)", self.username)
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pub name: UpstreamName,
@@ -208,7 +202,7 @@ pub struct Upstream {
     pub credentials: Option<Credentials>,
     pub charts: Vec<crate::ids::RepoName>,
     /// Timeouts, retries and offline mode.
-    pub policy: crate::upstream::Policy,
+    pub policy: Policy,
     /// Downstream access control; `None` means anonymous read.
     pub access: Option<std::sync::Arc<crate::access::Access>>,
 }
@@ -239,6 +233,8 @@ pub struct CacheConfig {
     pub max_disk_bytes: u64,
     pub max_memory_bytes: u64,
     pub max_index_memory_bytes: u64,
+    pub negative_ttl: Duration,
+    pub refresh_backoff: Duration,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -311,6 +307,18 @@ impl Config {
                 "cache.max_index_memory_bytes",
                 512 << 20,
             )?,
+            negative_ttl: match &raw.cache.negative_ttl {
+                Some(s) => {
+                    parse_duration(s).map_err(|e| err(format!("cache.negative_ttl: {e}")))?
+                }
+                None => Duration::from_secs(1),
+            },
+            refresh_backoff: match &raw.cache.refresh_backoff {
+                Some(s) => {
+                    parse_duration(s).map_err(|e| err(format!("cache.refresh_backoff: {e}")))?
+                }
+                None => Duration::from_secs(10),
+            },
         };
         let format = |v: &Option<String>, key: &str, default: IndexFormat| match v {
             None => Ok(default),
@@ -436,7 +444,7 @@ impl Config {
                     )));
                 }
             }
-            let policy = crate::upstream::Policy {
+            let policy = Policy {
                 connect: dur(&u.timeouts.connect, "connect", 10)?,
                 header: dur(&u.timeouts.header, "header", 30)?,
                 idle: dur(&u.timeouts.idle, "idle", 60)?,

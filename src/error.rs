@@ -1,6 +1,7 @@
 //! The domain error: a kind (what went wrong, from whose side) and a message for humans.
 //! It carries no HTTP status: `http::error_response` is the one place that maps kinds to
-//! statuses and OCI error codes. Owns `Error`, `Kind`. Calls nothing.
+//! statuses and OCI error codes. Owns `Error`, `Kind`, and the error for a digest mismatch.
+//! Calls nothing but `ids`.
 
 use std::fmt;
 
@@ -39,6 +40,10 @@ pub enum Kind {
     Internal,
 }
 
+/// The cause of an error, kept whole (shared, so errors stay cheap to clone for every waiter
+/// of a shared fetch).
+pub type Source = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Clone, Debug)]
 pub struct Error {
     kind: Kind,
@@ -46,6 +51,8 @@ pub struct Error {
     retry_after: Option<u64>,
     /// For `RangeNotSatisfiable`: the length of what was asked for.
     full_length: Option<u64>,
+    /// What caused it (an I/O or HTTP client error), for `std::error::Error::source`.
+    source: Option<Source>,
 }
 
 impl Error {
@@ -55,7 +62,14 @@ impl Error {
             message: message.into(),
             retry_after: None,
             full_length: None,
+            source: None,
         }
+    }
+
+    /// This error, caused by `source`.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     /// A `Range` outside a body of `len` bytes.
@@ -122,12 +136,43 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {
-        Error::internal(format!("I/O error: {e}"))
+        Error::internal(format!("I/O error: {e}")).with_source(e)
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error for bytes that do not hash to the digest they were offered under.
+pub fn digest_mismatch(expected: &crate::ids::Digest, actual: &crate::ids::Digest) -> Error {
+    Error::upstream_invalid(format!(
+        "digest mismatch: expected {expected}, content hashes to {actual}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_keeps_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "read-only");
+        let e: Error = io.into();
+        assert_eq!(e.kind(), Kind::Internal);
+        let cause = std::error::Error::source(&e).expect("a source");
+        assert!(cause.to_string().contains("read-only"));
+        assert!(
+            std::error::Error::source(&e.clone()).is_some(),
+            "clones keep it"
+        );
+    }
+}

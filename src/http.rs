@@ -1,12 +1,12 @@
-//! The response type every view returns, Range handling, and `error_response`: the one place
-//! that maps a domain error to an HTTP status and body (OCI error JSON on `/v2/`, plain text
-//! elsewhere). Knows nothing of pingora.
+//! The request and response types every view uses (with their own body types), Range
+//! handling, and `error_response`: the one place that maps a domain error to an HTTP status and
+//! body (OCI error JSON on `/v2/`, plain text elsewhere). Knows nothing of pingora or the cache.
 
 use bytes::Bytes;
 
-pub use crate::cache::BlobData;
 use crate::error::{Error, Kind};
 use crate::ids::Digest;
+pub use crate::ids::{parse_range_header, ByteRange};
 
 /// The request as the views see it: already split by the server, never re-parsed below `route`.
 #[derive(Clone, Debug, Default)]
@@ -17,7 +17,7 @@ pub struct Request {
     pub query: Option<String>,
     /// A usable `Range: bytes=` header (a malformed or multi-range one is `None`: the whole
     /// body is served, as RFC 9110 allows).
-    pub range: Option<RangeSpec>,
+    pub range: Option<ByteRange>,
     /// `If-Range`: the range applies only while this still names the representation.
     pub if_range: Option<String>,
     pub if_none_match: Option<String>,
@@ -35,7 +35,7 @@ impl Request {
     /// The range to serve of a representation whose strong ETag is `etag`: none when
     /// `If-Range` names something else (a date, or another ETag), so the client gets the
     /// whole, current body.
-    pub fn range_for(&self, etag: Option<&str>) -> Option<RangeSpec> {
+    pub fn range_for(&self, etag: Option<&str>) -> Option<ByteRange> {
         match (&self.if_range, etag) {
             (None, _) => self.range,
             (Some(v), Some(e)) if v.trim() == e => self.range,
@@ -44,54 +44,23 @@ impl Request {
     }
 }
 
-/// One `bytes=` range, as the client wrote it (resolved against a length later).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RangeSpec {
-    /// `a-b`
-    FromTo(u64, u64),
-    /// `a-`
-    From(u64),
-    /// `-n`: the last `n` bytes.
-    Suffix(u64),
+/// What a data response sends: bytes in memory, or an open file of a known length.
+#[derive(Debug)]
+pub enum Content {
+    Bytes(Bytes),
+    File(tokio::fs::File, u64),
 }
 
-/// Parses a `Range` header: a single well-formed `bytes=` range, else `None` (malformed and
-/// multi-range headers are ignored and the whole body served, which RFC 9110 allows).
-pub fn parse_range_header(h: &str) -> Option<RangeSpec> {
-    let spec = h.trim().strip_prefix("bytes=")?.trim();
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    // Digits only: `u64::from_str` would take `+1`, which is not a byte position.
-    let num = |s: &str| {
-        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| s.parse::<u64>().ok())
-            .flatten()
-    };
-    match (a.is_empty(), b.is_empty()) {
-        (false, false) => {
-            let (s, e) = (num(a)?, num(b)?);
-            (s <= e).then_some(RangeSpec::FromTo(s, e))
+impl Content {
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::File(_, n) => *n,
         }
-        (false, true) => Some(RangeSpec::From(num(a)?)),
-        (true, false) => Some(RangeSpec::Suffix(num(b)?)),
-        (true, true) => None,
     }
-}
 
-impl RangeSpec {
-    /// The byte span `start..end` this range selects of `len` bytes, or `None` when it is
-    /// unsatisfiable (starts at or past the end, or asks for the last zero bytes).
-    pub fn resolve(self, len: u64) -> Option<(u64, u64)> {
-        let (start, last) = match self {
-            RangeSpec::FromTo(s, e) => (s, e.min(len.saturating_sub(1))),
-            RangeSpec::From(s) => (s, len.saturating_sub(1)),
-            RangeSpec::Suffix(0) => return None,
-            RangeSpec::Suffix(n) => (len.saturating_sub(n), len.saturating_sub(1)),
-        };
-        (len > 0 && start < len).then_some((start, last + 1))
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -124,6 +93,8 @@ pub struct Response {
     pub headers: Vec<(&'static str, String)>,
     /// Empty for HEAD and bodiless statuses.
     pub body: Body,
+    /// Served from a last-known copy because the upstream failed (the app adds `Warning`).
+    pub stale: bool,
 }
 
 impl Response {
@@ -132,7 +103,14 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Body::Full(Bytes::new()),
+            stale: false,
         }
+    }
+
+    /// Marks the answer as served from a last-known copy (or not).
+    pub fn stale(mut self, stale: bool) -> Response {
+        self.stale = stale;
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
@@ -242,14 +220,14 @@ pub fn blob_response(
     bytes: Bytes,
     digest: Option<&Digest>,
 ) -> Response {
-    data_response(req, content_type, BlobData::Bytes(bytes), digest)
+    data_response(req, content_type, Content::Bytes(bytes), digest)
 }
 
 /// As `blob_response`, for bytes in memory or in an open file.
 pub fn data_response(
     req: &Request,
     content_type: &str,
-    data: BlobData,
+    data: Content,
     digest: Option<&Digest>,
 ) -> Response {
     let len = data.len();
@@ -272,12 +250,12 @@ pub fn data_response(
         },
     };
     match data {
-        BlobData::Bytes(b) => resp.with_body(
+        Content::Bytes(b) => resp.with_body(
             content_type,
             b.slice(start as usize..end as usize),
             req.is_head(),
         ),
-        BlobData::File(file, _) => {
+        Content::File(file, _) => {
             resp = resp
                 .header("Content-Type", content_type)
                 .header("Content-Length", (end - start).to_string());

@@ -1,6 +1,7 @@
 //! Typed identifiers, parsed once at the edge (route parsing, config loading) so that nothing
 //! below ever splits or validates strings again. Grammar from the distribution spec.
-//! Owns: `Digest`, `RepoName`, `Tag`, `UpstreamName`. Calls nothing.
+//! Owns: `Digest`, `RepoName`, `Tag`, `UpstreamName`, and `ByteRange` (a `Range: bytes=`
+//! request, resolved against a length where it is served). Calls nothing.
 
 use std::fmt;
 use std::str::FromStr;
@@ -239,6 +240,57 @@ impl FromStr for UpstreamName {
 impl fmt::Display for UpstreamName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// One `bytes=` range, as the client wrote it (resolved against a length later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `a-b`
+    FromTo(u64, u64),
+    /// `a-`
+    From(u64),
+    /// `-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+/// Parses a `Range` header: a single well-formed `bytes=` range, else `None` (malformed and
+/// multi-range headers are ignored and the whole body served, which RFC 9110 allows).
+pub fn parse_range_header(h: &str) -> Option<ByteRange> {
+    let spec = h.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    // Digits only: `u64::from_str` would take `+1`, which is not a byte position.
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (a.is_empty(), b.is_empty()) {
+        (false, false) => {
+            let (s, e) = (num(a)?, num(b)?);
+            (s <= e).then_some(ByteRange::FromTo(s, e))
+        }
+        (false, true) => Some(ByteRange::From(num(a)?)),
+        (true, false) => Some(ByteRange::Suffix(num(b)?)),
+        (true, true) => None,
+    }
+}
+
+impl ByteRange {
+    /// The byte span `start..end` this range selects of `len` bytes, or `None` when it is
+    /// unsatisfiable (starts at or past the end, or asks for the last zero bytes).
+    pub fn resolve(self, len: u64) -> Option<(u64, u64)> {
+        let (start, last) = match self {
+            ByteRange::FromTo(s, e) => (s, e.min(len.saturating_sub(1))),
+            ByteRange::From(s) => (s, len.saturating_sub(1)),
+            ByteRange::Suffix(0) => return None,
+            ByteRange::Suffix(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+        };
+        (len > 0 && start < len).then_some((start, last + 1))
     }
 }
 

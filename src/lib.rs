@@ -44,6 +44,8 @@
 //!   offline mode (`mod`), the SSRF `guard` (allowed hosts, no private addresses, checked on
 //!   URLs, redirects and DNS), and `registry` (Bearer/Basic auth, token cache, oci:// pulls).
 //! - `config`: YAML config in two stages (`RawConfig` -> validated `Config`), embedded default.
+//! - `policy`: how an upstream is reached (timeouts, retries, offline, SSRF allowances,
+//!   credentials): data shared by `config` and `upstream`, which do not import each other.
 //! - `ids`: typed identifiers (`Digest`, `RepoName`, `Tag`, `UpstreamName`, `Reference`).
 //! - `metrics`: every Prometheus metric, declared in one place, and the per-request context the
 //!   access log reads.
@@ -63,6 +65,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod policy;
 pub mod resolver;
 pub mod route;
 pub mod server;

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use super::BlobData;
-use super::{digest_mismatch, BlobStore, BlobWrite, PartialBlob};
+use super::{BlobStore, BlobWrite, PartialBlob};
+use crate::error::digest_mismatch;
 use crate::error::{Error, Result};
 use crate::ids::Digest;
 

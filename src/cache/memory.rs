@@ -6,7 +6,8 @@ use bytes::Bytes;
 use moka::future::Cache;
 
 use super::BlobData;
-use super::{digest_mismatch, BlobStore, BlobWrite};
+use super::{BlobStore, BlobWrite};
+use crate::error::digest_mismatch;
 use crate::error::Result;
 use crate::ids::Digest;
 

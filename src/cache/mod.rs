@@ -9,6 +9,7 @@ mod disk;
 mod flight;
 mod links;
 mod memory;
+mod read_through;
 mod refs;
 mod tee;
 
@@ -22,10 +23,13 @@ pub use disk::DiskWriter;
 pub use flight::Flight;
 pub use links::{link_name, referenced, repo_links, Links};
 pub use memory::MemoryStore;
+pub use read_through::{
+    BlobKey, BodyStream, Cache, Freshness, Served, Settings as CacheSettings, Streamed,
+};
 pub use refs::{DiskRefs, RefName, RefStore};
 pub use tee::Tee;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ids::Digest;
 
 /// Blob bytes as a store hands them out: in memory, or an open file of a known length.
@@ -88,13 +92,6 @@ pub trait PartialBlob: Send + Sync {
     fn written(&self) -> u64;
     /// Reads at `offset` without moving any cursor (a positional read).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
-}
-
-/// The error for bytes that do not hash to the digest they were offered under.
-pub fn digest_mismatch(expected: &Digest, actual: &Digest) -> Error {
-    Error::upstream_invalid(format!(
-        "digest mismatch: expected {expected}, content hashes to {actual}"
-    ))
 }
 
 /// Memory in front of disk: reads promote small blobs into memory, writes go to both.

@@ -135,6 +135,33 @@ pub fn archive_path(chart: &str, version: &str) -> String {
     format!("-/{c}/{v}/{c}-{v}.tgz")
 }
 
+/// Splits `oci://host/repo/chart[:tag|@digest]` into host, repository and reference;
+/// `default_tag` (a chart version) is used when the URL names neither.
+pub fn parse_oci_url(s: &str, default_tag: &str) -> Result<(String, String, String)> {
+    let bad = || Error::upstream_invalid(format!("bad oci:// chart URL {s:?}"));
+    let rest = s.strip_prefix("oci://").ok_or_else(bad)?;
+    let (host, path) = rest.split_once('/').ok_or_else(bad)?;
+    let (repo, reference) = if let Some((repo, d)) = path.split_once('@') {
+        (repo.to_string(), d.to_string())
+    } else {
+        let last = path.rsplit('/').next().unwrap_or(path);
+        match last.split_once(':') {
+            Some((_, tag)) => (
+                path[..path.len() - tag.len() - 1].to_string(),
+                tag.to_string(),
+            ),
+            None => (
+                path.to_string(),
+                super::version::tag_for_version(default_tag),
+            ),
+        }
+    };
+    if host.is_empty() || repo.is_empty() || reference.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), repo, reference))
+}
+
 /// How a mirrored index is written out. Helm (3.13 and later, and 4) reads a JSON index with
 /// its JSON decoder, several times faster and in a fraction of the memory of its YAML path,
 /// and JSON is YAML too, so YAML readers still parse it.
@@ -469,6 +496,34 @@ generated: "2024-07-22T11:25:35.405163826Z"
         assert_eq!(c.versions("metallb").unwrap().len(), 2);
         assert!(c.versions("nope").is_none());
         assert_eq!(c.charts().collect::<Vec<_>>(), vec!["metallb"]);
+    }
+
+    #[test]
+    fn oci_urls() {
+        let r =
+            parse_oci_url("oci://registry-1.docker.io/bitnamicharts/redis:20.1.0", "x").unwrap();
+        assert_eq!(
+            r,
+            (
+                "registry-1.docker.io".into(),
+                "bitnamicharts/redis".into(),
+                "20.1.0".into()
+            )
+        );
+        let r = parse_oci_url("oci://127.0.0.1:5000/charts/demo", "1.0.0+b").unwrap();
+        assert_eq!(
+            r,
+            (
+                "127.0.0.1:5000".into(),
+                "charts/demo".into(),
+                "1.0.0_b".into()
+            )
+        );
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_oci_url(&format!("oci://h:1/a/b@{d}"), "x").unwrap();
+        assert_eq!((r.1.as_str(), r.2.as_str()), ("a/b", d.as_str()));
+        assert!(parse_oci_url("oci://nohost", "x").is_err());
+        assert!(parse_oci_url("https://x/y", "x").is_err());
     }
 
     #[test]

@@ -23,6 +23,54 @@ pub const LEGACY_CHART_LAYER: &str = "application/tar+gzip";
 /// manifest stays deterministic. The Unix epoch is what reproducible builds use.
 pub const FALLBACK_CREATED: &str = "1970-01-01T00:00:00Z";
 
+/// What a Helm chart's OCI manifest points at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChartLayers {
+    pub config: Digest,
+    pub chart: Digest,
+    pub prov: Option<Digest>,
+    /// The `org.opencontainers.image.created` annotation, when set.
+    pub created: Option<String>,
+}
+
+/// Reads the chart layers of a manifest: its Helm config, chart layer (current or legacy media
+/// type) and provenance layer. `None` when the manifest is not a Helm chart (an image, an
+/// index, another artifact, or not JSON at all). The one reader of chart manifests, for the
+/// OCI pull behind an index's `oci://` URL and for the index view of OCI charts alike.
+pub fn chart_layers(manifest: &[u8]) -> Option<ChartLayers> {
+    #[derive(serde::Deserialize)]
+    struct Desc {
+        #[serde(rename = "mediaType", default)]
+        media_type: String,
+        digest: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct M {
+        config: Option<Desc>,
+        #[serde(default)]
+        layers: Vec<Desc>,
+        #[serde(default)]
+        annotations: BTreeMap<String, String>,
+    }
+    let m: M = serde_json::from_slice(manifest).ok()?;
+    let config = m.config.filter(|c| c.media_type == HELM_CONFIG)?;
+    let find = |types: &[&str]| {
+        m.layers
+            .iter()
+            .find(|l| types.contains(&l.media_type.as_str()))
+            .and_then(|l| l.digest.parse::<Digest>().ok())
+    };
+    Some(ChartLayers {
+        config: config.digest.parse().ok()?,
+        chart: find(&[HELM_CHART_LAYER, LEGACY_CHART_LAYER])?,
+        prov: find(&[HELM_PROV_LAYER]),
+        created: m
+            .annotations
+            .get("org.opencontainers.image.created")
+            .cloned(),
+    })
+}
+
 /// A content descriptor in the OCI Go struct's field order.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct Descriptor {
@@ -246,6 +294,39 @@ mod tests {
             a.manifest_digest.to_string(),
             "sha256:18f2ad38203bfa612836f3621051b2817d86bd0f394f844fb87cdd72a95dd02b"
         );
+    }
+
+    /// What we synthesise reads back as a chart; images, indexes and junk are not charts; the
+    /// legacy chart layer type is accepted.
+    #[test]
+    fn chart_layers_are_read_back_and_non_charts_refused() {
+        let chart = BlobRef {
+            digest: Digest::of(b"chart"),
+            size: 5,
+        };
+        let prov = BlobRef {
+            digest: Digest::of(b"prov"),
+            size: 4,
+        };
+        let a = synthesize(&meta(), &chart, Some(&prov), Some("2024-01-02T03:04:05Z"));
+        let l = chart_layers(&a.manifest).unwrap();
+        assert_eq!(
+            l,
+            ChartLayers {
+                config: a.config_digest.clone(),
+                chart: chart.digest.clone(),
+                prov: Some(prov.digest.clone()),
+                created: Some("2024-01-02T03:04:05Z".into()),
+            }
+        );
+        let legacy = String::from_utf8(a.manifest.to_vec())
+            .unwrap()
+            .replace(HELM_CHART_LAYER, LEGACY_CHART_LAYER);
+        assert_eq!(chart_layers(legacy.as_bytes()).unwrap().chart, chart.digest);
+        let image = r#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},"layers":[]}"#;
+        assert_eq!(chart_layers(image.as_bytes()), None);
+        assert_eq!(chart_layers(br#"{"manifests":[]}"#), None);
+        assert_eq!(chart_layers(b"<html>"), None);
     }
 
     #[test]

@@ -1,35 +1,34 @@
-//! A helm upstream (legacy index.yaml repository), as the views need it: the parsed index kept
-//! fresh (conditional refresh after `index_ttl`, the last good copy served while a refresh fails,
-//! persisted so a restart or an air gap still has it), tag -> version resolution, verified chart
-//! archives, and the chart's OCI artifact built by `convert`.
-//! Calls `convert`, `cache` and `upstream`; knows nothing of HTTP statuses or routes.
+//! A helm upstream (legacy index.yaml repository), as the views need it: the index kept fresh
+//! (revalidated with the upstream's validators after `index_ttl`, the last good copy served
+//! while that fails, persisted so a restart or an air gap still has it), tag -> version
+//! resolution, verified chart archives, and the chart's OCI artifact built by `convert`.
+//!
+//! What this module says is how to ask the upstream for one thing and what to build from it;
+//! memory, refs, single-flight, negative answers and stale copies are the cache's. A request
+//! resolves the index snapshot and its entry once (`index`, `locate`) and passes them down.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use url::Url;
 
 use super::{ServedManifest, Stores};
-use crate::cache::{BlobCache, Flight, Links, RefName, RefStore};
+use crate::cache::{BlobKey, Cache, Freshness, RefName, Served};
 use crate::config::{Limits, Upstream};
 use crate::convert::chart::{read_chart_metadata, ArchiveLimits};
-use crate::convert::index::{parse_index, rewrite, CompactIndex, Entry, IndexLimits};
-use crate::convert::manifest::{synthesize, BlobRef, OCI_MANIFEST};
+use crate::convert::index::{
+    parse_index, parse_oci_url, rewrite, CompactIndex, Entry, IndexLimits,
+};
+use crate::convert::manifest::{chart_layers, synthesize, BlobRef, ChartArtifact, OCI_MANIFEST};
 use crate::convert::version;
-use crate::error::{Error, Kind, Result};
+use crate::error::{digest_mismatch, Error, Kind, Result};
 use crate::ids::{Digest, Tag};
-use crate::upstream::registry::parse_oci_url;
-use crate::upstream::{redact, Fetch, OciChart, Registry, UpstreamClient, Validators};
+use crate::upstream::{redact, Fetch, Registry, UpstreamClient, Validators, MANIFEST_ACCEPT};
 
-/// How long to wait before retrying a failed index refresh while serving the stale copy.
-const REFRESH_RETRY: Duration = Duration::from_secs(10);
-
-/// One parsed index and what is derived from it. A refresh that finds the upstream unchanged
-/// shares it rather than copying it. The full parsed index is not kept: only the bytes the
-/// mirror serves and the compact entries serving needs.
+/// One parsed index and what is derived from it. The full parsed index is not kept: only the
+/// bytes the mirror serves and the compact entries serving needs.
 pub struct IndexContent {
     /// What serving needs of each chart's entries, in index order.
     entries: CompactIndex,
@@ -37,7 +36,6 @@ pub struct IndexContent {
     /// ETag.
     pub served: Bytes,
     pub etag: String,
-    validators: Validators,
     /// Each chart's tag list, computed on first use (a busy tags/list would otherwise parse
     /// and sort every version on every request).
     tag_lists: Mutex<HashMap<String, Arc<Vec<String>>>>,
@@ -57,57 +55,33 @@ impl IndexContent {
     }
 }
 
-/// The index as last seen, and how fresh that is.
-pub struct IndexState {
-    pub content: Arc<IndexContent>,
-    fetched_at: Instant,
-    /// True when this copy came from disk and was never confirmed by the upstream.
-    from_disk: bool,
+/// The index as last confirmed: which content, with the upstream's validators. This is the
+/// named value the cache keeps fresh; the raw index it names is a ref of its own.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct IndexMeta {
+    /// sha256 of the raw upstream index.
+    digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_modified: Option<String>,
 }
 
-impl IndexState {
-    fn new(content: Arc<IndexContent>, from_disk: bool) -> Arc<IndexState> {
-        Arc::new(IndexState {
-            content,
-            fetched_at: Instant::now(),
-            from_disk,
-        })
+impl IndexMeta {
+    fn decode(b: &[u8]) -> Result<IndexMeta> {
+        serde_json::from_slice(b)
+            .map_err(|e| Error::internal(format!("stored index metadata unreadable: {e}")))
     }
-}
 
-/// The parsed indexes of every helm upstream, within `cache.max_index_memory_bytes`. When a
-/// new one does not fit, the least recently used others leave memory; they are read back
-/// from their persisted copy (and revalidated) when next asked for. One index bigger than the
-/// whole budget is refused with a message naming the setting.
-pub struct IndexMemory {
-    cache: moka::sync::Cache<String, Arc<IndexState>>,
-    budget: u64,
-}
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("index metadata serialises"))
+    }
 
-impl IndexMemory {
-    pub fn new(budget: u64) -> IndexMemory {
-        IndexMemory {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(budget)
-                .weigher(|_, s: &Arc<IndexState>| {
-                    u32::try_from(s.content.heap).unwrap_or(u32::MAX)
-                })
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .eviction_listener(|key: Arc<String>, _, cause| {
-                    if cause == moka::notification::RemovalCause::Size {
-                        let upstream = key.split('\0').next().unwrap_or_default().to_string();
-                        tracing::warn!(%upstream, "parsed index dropped from memory to stay within cache.max_index_memory_bytes; it is re-read from disk when asked for");
-                    }
-                })
-                .build(),
-            budget,
+    fn validators(&self) -> Validators {
+        Validators {
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
         }
-    }
-
-    /// Bytes of parsed indexes held now.
-    pub fn used(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.weighted_size()
     }
 }
 
@@ -125,6 +99,12 @@ pub struct Located {
     pub created: Option<String>,
 }
 
+/// A chart pulled from a registry, with its provenance file when it has one.
+struct OciChart {
+    chart: Bytes,
+    prov: Option<Bytes>,
+}
+
 /// What the index says a tag resolves to.
 pub struct Resolved {
     pub version: String,
@@ -135,21 +115,11 @@ pub struct Resolved {
 pub struct HelmUpstream {
     pub config: Upstream,
     client: Arc<UpstreamClient>,
-    blobs: Arc<BlobCache>,
-    refs: Arc<dyn RefStore>,
-    links: Arc<Links>,
+    cache: Arc<Cache>,
     limits: Limits,
-    index_file: PathBuf,
-    /// Where this upstream's parsed index lives (shared with the other helm upstreams).
-    memory: Arc<IndexMemory>,
-    memory_key: String,
-    last_failure: Mutex<Option<Instant>>,
-    index_flight: Flight<(), Arc<IndexState>>,
-    archive_flight: Flight<String, (Bytes, Digest)>,
-    manifest_flight: Flight<(String, String), ServedManifest>,
-    /// URL -> digest for archives whose index entry had no digest.
-    url_digests: Mutex<HashMap<String, Digest>>,
-    manifests: moka::future::Cache<Digest, ServedManifest>,
+    /// Where releases before the cache kept refs kept this upstream's last good index; read
+    /// once, when nothing newer is known.
+    legacy_index: PathBuf,
 }
 
 impl HelmUpstream {
@@ -159,82 +129,66 @@ impl HelmUpstream {
         stores: &Stores,
         limits: Limits,
     ) -> Result<HelmUpstream> {
-        let (blobs, refs, links) = (
-            stores.blobs.clone(),
-            stores.refs.clone(),
-            stores.links.clone(),
-        );
-        let (cache_dir, memory) = (&stores.dir, stores.indexes.clone());
-        let dir = cache_dir.join("indexes");
-        std::fs::create_dir_all(&dir)?;
         Ok(HelmUpstream {
-            index_file: dir.join(format!("{}.yaml", config.name)),
-            memory_key: format!(
-                "{}\0{}\0{}",
-                config.name,
-                config.url,
-                config.index_format.as_str()
-            ),
-            memory,
+            legacy_index: stores
+                .dir
+                .join("indexes")
+                .join(format!("{}.yaml", config.name)),
+            cache: stores.cache.clone(),
             config,
             client,
-            blobs,
-            refs,
-            links,
             limits,
-            last_failure: Mutex::new(None),
-            index_flight: Flight::default(),
-            archive_flight: Flight::default(),
-            manifest_flight: Flight::default(),
-            url_digests: Mutex::new(HashMap::new()),
-            manifests: moka::future::Cache::builder().max_capacity(10_000).build(),
         })
     }
 
-    fn current(&self) -> Option<Arc<IndexState>> {
-        self.memory.cache.get(&self.memory_key)
+    fn name(&self) -> &str {
+        self.config.name.as_str()
     }
 
-    fn install(&self, state: Arc<IndexState>) {
-        self.memory.cache.insert(self.memory_key.clone(), state);
-        // Evict now, not at some later maintenance: the point is to give the memory back.
-        crate::metrics::index_memory(self.memory.used());
+    fn meta_name(&self) -> RefName {
+        RefName::new(["index", self.name()])
     }
 
-    /// The index, refreshed if it is older than `index_ttl`. While the upstream fails, the last
-    /// good index (from memory, else from disk) keeps being served.
-    pub async fn index(self: &Arc<Self>) -> Result<Arc<IndexState>> {
-        let current = self.current();
-        if let Some(s) = &current {
-            let fresh = !s.from_disk && s.fetched_at.elapsed() < self.config.index_ttl;
-            let backing_off = self
-                .last_failure
-                .lock()
-                .expect("poisoned")
-                .is_some_and(|t| t.elapsed() < REFRESH_RETRY);
-            if fresh || backing_off {
-                return Ok(s.clone());
-            }
-        }
+    fn raw_name(&self) -> RefName {
+        RefName::new(["index-raw", self.name()])
+    }
+
+    /// The index, revalidated once older than `index_ttl`; while the upstream fails, the last
+    /// good index (marked stale).
+    pub async fn index(self: &Arc<Self>) -> Result<Served<Arc<IndexContent>>> {
         let this = self.clone();
-        match self
-            .index_flight
-            .run((), async move { this.refresh().await })
-            .await
-        {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                *self.last_failure.lock().expect("poisoned") = Some(Instant::now());
-                match self.current() {
-                    Some(stale) => {
-                        crate::metrics::stale_served("index");
-                        tracing::warn!(upstream = %self.config.name, error = %e, "index refresh failed; serving the last good index");
-                        Ok(stale)
-                    }
-                    None => Err(e),
-                }
-            }
-        }
+        let meta = self
+            .cache
+            .value_as(
+                &self.meta_name(),
+                Freshness::for_(self.config.index_ttl, "index"),
+                IndexMeta::decode,
+                move |known| async move { this.refresh(known).await },
+            )
+            .await?;
+        let this = self.clone();
+        let m = meta.value.clone();
+        let content = self
+            .cache
+            .derived(
+                self.content_key(&m),
+                None,
+                |c: &IndexContent| c.heap,
+                move || async move { this.load_content(&m).await },
+            )
+            .await?;
+        Ok(meta.map(|_| content))
+    }
+
+    /// Where the parsed content of one index version lives among the derived values.
+    fn content_key(&self, meta: &IndexMeta) -> String {
+        format!(
+            "index\0{}\0{}\0{}\0{}",
+            self.name(),
+            self.config.url,
+            self.config.index_format.as_str(),
+            meta.digest
+        )
     }
 
     fn index_url(&self) -> Result<Url> {
@@ -244,19 +198,20 @@ impl HelmUpstream {
             .map_err(|e| Error::internal(format!("bad upstream URL: {e}")))
     }
 
-    async fn refresh(self: Arc<Self>) -> Result<Arc<IndexState>> {
-        if self.current().is_none() {
-            if let Some(s) = self.load_persisted().await {
-                self.install(s);
-            }
-        }
-        let previous = self.current();
-        let validators = previous
+    /// Asks the upstream for its index (conditionally, when one is known), and on a new one
+    /// checks it parses, keeps it, and puts its parsed content in memory. Returns the metadata
+    /// now current; a failure leaves the known index in place (the cache serves it stale).
+    async fn refresh(self: &Arc<Self>, known: Option<Bytes>) -> Result<Bytes> {
+        let known = match known {
+            Some(k) => Some(IndexMeta::decode(&k)?),
+            None => self.import_legacy().await,
+        };
+        let validators = known
             .as_ref()
-            .map(|s| s.content.validators.clone())
+            .map(IndexMeta::validators)
             .unwrap_or_default();
         let url = self.index_url()?;
-        let name = self.config.name.as_str();
+        let name = self.name();
         let fetched = self
             .client
             .get(
@@ -267,57 +222,111 @@ impl HelmUpstream {
                 self.limits.max_index_bytes,
             )
             .await;
-        let state = match fetched {
-            Ok(Fetch::NotModified) if previous.is_some() => {
-                crate::metrics::index_refresh(name, "not_modified");
-                IndexState::new(previous.expect("checked").content.clone(), false)
-            }
+        match fetched {
+            Ok(Fetch::NotModified) => match known {
+                Some(k) => {
+                    crate::metrics::index_refresh(name, "not_modified");
+                    Ok(k.encode())
+                }
+                None => Err(Error::upstream_invalid(format!(
+                    "{} answered 304 to an unconditional request",
+                    redact(&url)
+                ))),
+            },
             Ok(Fetch::Body { bytes, validators }) => {
                 let content = self
-                    .build_content(bytes.clone(), validators.clone())
+                    .build_content(bytes.clone())
                     .await
                     .inspect_err(|_| crate::metrics::index_refresh(name, "invalid"))?;
                 crate::metrics::index_refresh(name, "updated");
-                self.persist(&bytes, &validators).await;
+                let meta = IndexMeta {
+                    digest: Digest::of(&bytes).hex().to_string(),
+                    etag: validators.etag,
+                    last_modified: validators.last_modified,
+                };
+                // The raw index first, then (by the cache) the metadata naming it: a crash in
+                // between leaves the old metadata, which only costs a full fetch.
+                if let Err(e) = self.cache.refs().put(&self.raw_name(), &bytes).await {
+                    tracing::warn!(upstream = %name, error = %e, "cache write failed; serving without caching");
+                    crate::metrics::cache_write_failure();
+                }
                 drop(bytes);
+                let heap = content.heap;
+                self.cache
+                    .put_derived(self.content_key(&meta), content, heap);
                 // The parse's garbage and the raw body are freed now; hand them back to the
                 // system rather than keep the peak as resident memory.
                 let _ = tokio::task::spawn_blocking(trim_heap).await;
-                IndexState::new(content, false)
-            }
-            Ok(Fetch::NotModified) => {
-                return Err(Error::upstream_invalid(format!(
-                    "{} answered 304 to an unconditional request",
-                    redact(&url)
-                )))
+                Ok(meta.encode())
             }
             Ok(Fetch::Missing) => {
                 crate::metrics::index_refresh(name, "missing");
-                return Err(Error::upstream_invalid(format!(
+                Err(Error::upstream_invalid(format!(
                     "{} not found upstream",
                     redact(&url)
-                )));
+                )))
             }
             Err(e) => {
                 crate::metrics::index_refresh(name, "error");
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// The parsed content of a known index version, from its persisted raw copy (after a
+    /// restart, or when memory let it go).
+    async fn load_content(&self, meta: &IndexMeta) -> Result<Arc<IndexContent>> {
+        let raw = self
+            .cache
+            .refs()
+            .get(&self.raw_name())
+            .await?
+            .ok_or_else(|| Error::internal("the persisted index is missing"))?;
+        if Digest::of(&raw).hex() != meta.digest {
+            return Err(Error::internal(
+                "the persisted index does not match its metadata; it is fetched again after index_ttl",
+            ));
+        }
+        let content = self.build_content(raw).await?;
+        let _ = tokio::task::spawn_blocking(trim_heap).await;
+        Ok(content)
+    }
+
+    /// An index kept by a release before refs (`indexes/<name>.yaml` and its `.json`
+    /// validators), moved into the cache once.
+    async fn import_legacy(&self) -> Option<IndexMeta> {
+        let raw = tokio::fs::read(&self.legacy_index).await.ok()?;
+        let v: serde_json::Value = tokio::fs::read(self.legacy_index.with_extension("json"))
+            .await
+            .ok()
+            .and_then(|m| serde_json::from_slice(&m).ok())
+            .unwrap_or_default();
+        let meta = IndexMeta {
+            digest: Digest::of(&raw).hex().to_string(),
+            etag: v["etag"].as_str().map(str::to_string),
+            last_modified: v["last_modified"].as_str().map(str::to_string),
         };
-        self.install(state.clone());
-        *self.last_failure.lock().expect("poisoned") = None;
-        Ok(state)
+        self.cache.refs().put(&self.raw_name(), &raw).await.ok()?;
+        self.cache
+            .refs()
+            .put(&self.meta_name(), &meta.encode())
+            .await
+            .ok()?;
+        let _ = tokio::fs::remove_file(&self.legacy_index).await;
+        let _ = tokio::fs::remove_file(self.legacy_index.with_extension("json")).await;
+        tracing::info!(upstream = %self.name(), "moved the persisted index into the cache's refs");
+        Some(meta)
     }
 
     /// Parses and rewrites an index off the async threads (a big index takes a second),
     /// keeping only what serving needs, and refuses one that alone would not fit the index
     /// memory budget.
-    async fn build_content(
-        &self,
-        bytes: Bytes,
-        validators: Validators,
-    ) -> Result<Arc<IndexContent>> {
+    async fn build_content(&self, bytes: Bytes) -> Result<Arc<IndexContent>> {
         let max_bytes = usize::try_from(self.limits.max_index_bytes).unwrap_or(usize::MAX);
-        let (format, budget) = (self.config.index_format, self.memory.budget);
+        let (format, budget) = (
+            self.config.index_format,
+            self.cache.settings().derived_budget,
+        );
         let content = tokio::task::spawn_blocking(move || {
             let index = parse_index(
                 &bytes,
@@ -334,7 +343,6 @@ impl HelmUpstream {
                 entries: out.compact,
                 etag: format!("\"{}\"", Digest::of(&served).hex()),
                 served,
-                validators,
                 tag_lists: Mutex::default(),
                 heap,
             }))
@@ -351,50 +359,12 @@ impl HelmUpstream {
         Ok(content)
     }
 
-    /// Keeps the raw upstream index (and its validators) on disk for restarts and air gaps.
-    async fn persist(&self, raw: &Bytes, v: &Validators) {
-        let meta = serde_json::json!({"etag": v.etag, "last_modified": v.last_modified});
-        let tmp = self.index_file.with_extension("yaml.part");
-        let result = async {
-            tokio::fs::write(&tmp, raw).await?;
-            tokio::fs::write(self.index_file.with_extension("json"), meta.to_string()).await?;
-            tokio::fs::rename(&tmp, &self.index_file).await
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(upstream = %self.config.name, error = %e, "could not persist index");
-        }
-    }
-
-    async fn load_persisted(&self) -> Option<Arc<IndexState>> {
-        let raw = tokio::fs::read(&self.index_file).await.ok()?;
-        let meta: serde_json::Value = tokio::fs::read(self.index_file.with_extension("json"))
-            .await
-            .ok()
-            .and_then(|m| serde_json::from_slice(&m).ok())
-            .unwrap_or_default();
-        let validators = Validators {
-            etag: meta["etag"].as_str().map(str::to_string),
-            last_modified: meta["last_modified"].as_str().map(str::to_string),
-        };
-        let content = self
-            .build_content(Bytes::from(raw), validators)
-            .await
-            .map_err(|e| {
-                tracing::warn!(upstream = %self.config.name, error = %e, "persisted index unusable")
-            })
-            .ok()?;
-        let _ = tokio::task::spawn_blocking(trim_heap).await;
-        Some(IndexState::new(content, true))
-    }
-
     /// The chart's entries, or NAME_UNKNOWN.
     fn entries<'a>(
-        state: &'a IndexState,
+        state: &'a IndexContent,
         chart: &str,
     ) -> Result<impl ExactSizeIterator<Item = Entry<'a>> + Clone> {
         state
-            .content
             .entries
             .versions(chart)
             .filter(|v| v.len() > 0)
@@ -407,9 +377,8 @@ impl HelmUpstream {
     }
 
     /// The chart's OCI tags (valid tags only), with `latest` where it is synthesised.
-    pub fn tags(state: &IndexState, chart: &str) -> Result<Arc<Vec<String>>> {
+    pub fn tags(state: &IndexContent, chart: &str) -> Result<Arc<Vec<String>>> {
         let cached = state
-            .content
             .tag_lists
             .lock()
             .expect("tag lists")
@@ -426,7 +395,6 @@ impl HelmUpstream {
                 .collect(),
         );
         state
-            .content
             .tag_lists
             .lock()
             .expect("tag lists")
@@ -435,7 +403,7 @@ impl HelmUpstream {
     }
 
     /// Resolves a tag to a version of the chart, in one index snapshot.
-    pub fn resolve(state: &IndexState, chart: &str, tag: &Tag) -> Result<Resolved> {
+    pub fn resolve(state: &IndexContent, chart: &str, tag: &Tag) -> Result<Resolved> {
         let versions: Vec<&str> = Self::entries(state, chart)?.map(|v| v.version).collect();
         let found = version::resolve_tag(&versions, tag.as_str()).ok_or_else(|| {
             Error::new(
@@ -451,8 +419,8 @@ impl HelmUpstream {
 
     /// One chart version of an index snapshot, with everything fetching and building it needs:
     /// resolved once per request and passed down, so a request never mixes two index versions.
-    pub fn locate(&self, state: &IndexState, chart: &str, version: &str) -> Result<Located> {
-        let e = state.content.entries.find(chart, version).ok_or_else(|| {
+    pub fn locate(&self, state: &IndexContent, chart: &str, version: &str) -> Result<Located> {
+        let e = state.entries.find(chart, version).ok_or_else(|| {
             Error::new(
                 Kind::NotFound,
                 format!("no chart {chart} {version} upstream"),
@@ -488,205 +456,275 @@ impl HelmUpstream {
             .map_err(|e| Error::upstream_invalid(format!("index URL {first:?} is invalid: {e}")))
     }
 
-    /// The chart archive bytes, verified against the index digest when the index has one.
-    /// Served from cache without touching the upstream once fetched.
+    /// The chart archive bytes, verified against the index digest when the index has one (and
+    /// checked to be a chart when it has none). Served from cache without touching the
+    /// upstream once fetched.
     pub async fn archive(self: &Arc<Self>, at: &Located) -> Result<(Bytes, Digest)> {
-        let known = at.digest.clone().or_else(|| {
-            self.url_digests
-                .lock()
-                .expect("poisoned")
-                .get(&at.url)
-                .cloned()
-        });
-        if let Some(d) = &known {
-            if let Some(b) = self.blobs.get(d).await? {
-                return Ok((b, d.clone()));
-            }
-        }
-        let this = self.clone();
-        let at = at.clone();
-        self.archive_flight
-            .run(at.url.clone(), async move {
-                let (url, expected) = (&at.url, &at.digest);
-                let bytes = this.fetch_chart(url, &at.version).await?;
-                let actual = Digest::of(&bytes);
-                match expected {
-                    Some(e) if e != &actual => {
-                        return Err(Error::upstream_invalid(format!(
-                            "{} does not match its index digest: index says {e}, upstream sent {actual}",
-                            redact_str(url)
-                        )));
-                    }
-                    Some(_) => {}
-                    // Nothing vouches for these bytes: cache and serve them only if they are a
-                    // chart (a gzip tar holding a Chart.yaml), never whatever the URL answered.
-                    None => {
-                        let b = bytes.clone();
-                        tokio::task::spawn_blocking(move || {
-                            read_chart_metadata(&b, ArchiveLimits::default())
-                        })
-                        .await
-                        .map_err(|e| Error::internal(format!("chart check failed: {e}")))?
-                        .map_err(|e| {
-                            Error::upstream_invalid(format!(
-                                "{} is not a chart archive: {}",
-                                redact_str(url),
-                                e.message()
-                            ))
-                        })?;
-                    }
-                }
-                this.blobs.put(&actual, bytes.clone()).await?;
-                this.url_digests
-                    .lock()
-                    .expect("poisoned")
-                    .insert(url.clone(), actual.clone());
-                Ok((bytes, actual))
-            })
-            .await
-    }
-
-    async fn fetch_chart(&self, url: &str, version: &str) -> Result<Bytes> {
-        let max = self.limits.max_chart_bytes;
-        if url.starts_with("oci://") {
-            self.pull_oci(url, version, max).await.map(|c| c.chart)
-        } else {
-            let u =
-                Url::parse(url).map_err(|e| Error::upstream_invalid(format!("bad URL: {e}")))?;
-            let name = self.config.name.as_str();
-            self.client
-                .get_body(name, &u, "application/gzip, application/octet-stream", max)
-                .await
-        }
-    }
-
-    /// A chart behind an `oci://` index URL (Bitnami's form), pulled anonymously.
-    async fn pull_oci(&self, url: &str, version: &str, max: u64) -> Result<OciChart> {
-        let (host, repo, reference) = parse_oci_url(url, version)?;
-        Registry::for_host(self.client.clone(), &host)?
-            .pull_chart(&repo, &reference, max)
-            .await
-    }
-
-    /// The chart's `.prov` file, when the upstream has one (`None` only on a definite 404).
-    pub async fn provenance(self: &Arc<Self>, at: &Located) -> Result<Option<(Bytes, Digest)>> {
-        let ref_name = RefName::new(["prov", self.config.name.as_str(), &at.chart, &at.version]);
-        if let Some(d) = self.refs.get_digest(&ref_name).await {
-            if let Some(b) = self.blobs.get(&d).await? {
-                return Ok(Some((b, d)));
-            }
-        }
-        let prov = if at.url.starts_with("oci://") {
-            self.pull_oci(&at.url, &at.version, self.limits.max_chart_bytes)
-                .await?
-                .prov
-        } else {
-            let u = Url::parse(&format!("{}.prov", at.url))
-                .map_err(|e| Error::upstream_invalid(format!("bad URL: {e}")))?;
-            match self
-                .client
-                .get(
-                    self.config.name.as_str(),
-                    &u,
-                    "*/*",
-                    &Validators::default(),
-                    self.limits.max_chart_bytes,
-                )
-                .await?
-            {
-                Fetch::Body { bytes, .. } => Some(bytes),
-                _ => None,
+        let d = match &at.digest {
+            Some(d) => d.clone(),
+            None => {
+                // What the archive hashes to is learnt by fetching it once, and remembered.
+                let (this, at2) = (self.clone(), at.clone());
+                let v = self
+                    .cache
+                    .value(
+                        &RefName::new(["archive-digest", self.name(), &at.url]),
+                        Freshness::immutable("archive"),
+                        move |_| async move {
+                            let bytes = this.fetch_checked_chart(&at2).await?;
+                            let d = Digest::of(&bytes);
+                            this.cache.put_blob(&d, bytes).await?;
+                            this.cache.links().add(this.name(), &at2.chart, &d).await;
+                            Ok(Bytes::from(d.to_string()))
+                        },
+                    )
+                    .await?;
+                std::str::from_utf8(&v.value)
+                    .map_err(|_| Error::internal("a stored archive digest is not text"))?
+                    .parse()?
             }
         };
-        match prov {
-            Some(b) => {
-                let d = Digest::of(&b);
-                self.blobs.put(&d, b.clone()).await?;
-                self.persist_ref(&ref_name, &d).await;
-                Ok(Some((b, d)))
+        let (this, at2) = (self.clone(), at.clone());
+        let bytes = self
+            .cache
+            .blob_bytes(
+                &BlobKey::new(self.name(), &at.chart, &d),
+                move || async move { this.fetch_checked_chart(&at2).await },
+            )
+            .await
+            .map_err(|e| match e.kind() {
+                Kind::UpstreamInvalid if e.message().starts_with("digest mismatch") => {
+                    Error::upstream_invalid(format!(
+                        "{} does not match its index digest: {}",
+                        redact_str(&at.url),
+                        e.message()
+                    ))
+                }
+                _ => e,
+            })?;
+        Ok((bytes, d))
+    }
+
+    /// The archive from the upstream; when its index entry has no digest, accepted only if it
+    /// is a chart (a gzip tar holding a Chart.yaml), never whatever the URL answered.
+    async fn fetch_checked_chart(&self, at: &Located) -> Result<Bytes> {
+        let max = self.limits.max_chart_bytes;
+        let bytes = if at.url.starts_with("oci://") {
+            self.pull_oci(&at.url, &at.version, max).await?.chart
+        } else {
+            let u = Url::parse(&at.url)
+                .map_err(|e| Error::upstream_invalid(format!("bad URL: {e}")))?;
+            self.client
+                .get_body(
+                    self.name(),
+                    &u,
+                    "application/gzip, application/octet-stream",
+                    max,
+                )
+                .await?
+        };
+        if at.digest.is_none() {
+            let b = bytes.clone();
+            tokio::task::spawn_blocking(move || read_chart_metadata(&b, ArchiveLimits::default()))
+                .await
+                .map_err(|e| Error::internal(format!("chart check failed: {e}")))?
+                .map_err(|e| {
+                    Error::upstream_invalid(format!(
+                        "{} is not a chart archive: {}",
+                        redact_str(&at.url),
+                        e.message()
+                    ))
+                })?;
+        }
+        Ok(bytes)
+    }
+
+    /// A chart (and its provenance file) behind an `oci://` index URL (Bitnami's form), pulled
+    /// anonymously and verified.
+    async fn pull_oci(&self, url: &str, version: &str, max: u64) -> Result<OciChart> {
+        let (host, repo, reference) = parse_oci_url(url, version)?;
+        let registry = Registry::for_host(self.client.clone(), &host)?;
+        let manifest = registry
+            .get_bytes(
+                &repo,
+                &format!("manifests/{reference}"),
+                MANIFEST_ACCEPT,
+                4 << 20,
+            )
+            .await?;
+        if let Some(hex) = reference.strip_prefix("sha256:") {
+            let (want, got) = (Digest::from_hex(hex)?, Digest::of(&manifest));
+            if want != got {
+                return Err(digest_mismatch(&want, &got));
             }
-            None => Ok(None),
+        }
+        let layers = chart_layers(&manifest).ok_or_else(|| {
+            Error::upstream_invalid(format!("{repo}:{reference} is not a Helm chart"))
+        })?;
+        let chart = registry
+            .verified_blob(&repo, &layers.chart.to_string(), max)
+            .await?;
+        let prov = match layers.prov {
+            Some(d) => Some(registry.verified_blob(&repo, &d.to_string(), max).await?),
+            None => None,
+        };
+        Ok(OciChart { chart, prov })
+    }
+
+    /// The chart's `.prov` file, when the upstream has one.
+    pub async fn provenance(self: &Arc<Self>, at: &Located) -> Result<Option<(Bytes, Digest)>> {
+        let (this, at2) = (self.clone(), at.clone());
+        let found =
+            self.cache
+                .value(
+                    &RefName::new(["prov", self.name(), &at.chart, &at.version]),
+                    Freshness::immutable("prov"),
+                    move |_| async move {
+                        let b = this.fetch_prov(&at2).await?.ok_or_else(|| {
+                            Error::new(Kind::NotFound, "no provenance file upstream")
+                        })?;
+                        let d = Digest::of(&b);
+                        this.cache.put_blob(&d, b).await?;
+                        this.cache.links().add(this.name(), &at2.chart, &d).await;
+                        Ok(Bytes::from(d.to_string()))
+                    },
+                )
+                .await;
+        let d: Digest = match found {
+            Ok(v) => std::str::from_utf8(&v.value)
+                .map_err(|_| Error::internal("a stored provenance digest is not text"))?
+                .parse()?,
+            Err(e) if e.kind() == Kind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (this, at2) = (self.clone(), at.clone());
+        let bytes = self
+            .cache
+            .blob_bytes(
+                &BlobKey::new(self.name(), &at.chart, &d),
+                move || async move {
+                    this.fetch_prov(&at2)
+                        .await?
+                        .ok_or_else(|| Error::new(Kind::NotFound, "no provenance file upstream"))
+                },
+            )
+            .await?;
+        Ok(Some((bytes, d)))
+    }
+
+    /// The `.prov` file from the upstream (`None` only on a definite 404).
+    async fn fetch_prov(&self, at: &Located) -> Result<Option<Bytes>> {
+        if at.url.starts_with("oci://") {
+            return Ok(self
+                .pull_oci(&at.url, &at.version, self.limits.max_chart_bytes)
+                .await?
+                .prov);
+        }
+        let u = Url::parse(&format!("{}.prov", at.url))
+            .map_err(|e| Error::upstream_invalid(format!("bad URL: {e}")))?;
+        match self
+            .client
+            .get(
+                self.name(),
+                &u,
+                "*/*",
+                &Validators::default(),
+                self.limits.max_chart_bytes,
+            )
+            .await?
+        {
+            Fetch::Body { bytes, .. } => Ok(Some(bytes)),
+            _ => Ok(None),
         }
     }
 
-    /// The OCI manifest for one chart version, built once and remembered (memory, then a ref on
-    /// disk), so a restarted or disconnected mirror serves the same bytes.
+    /// The OCI manifest for one chart version: built once (a pure function of the archive, its
+    /// provenance and the index entry) and remembered by name, so a restarted or disconnected
+    /// mirror serves the same bytes; rebuilt, to the same bytes, if the store let it go.
     pub async fn manifest(self: &Arc<Self>, at: &Located) -> Result<ServedManifest> {
         // Keyed by the index digest too: a republished archive gets its own manifest.
-        let ref_name = RefName::new([
+        let name = RefName::new([
             "manifest",
-            self.config.name.as_str(),
+            self.name(),
             &at.chart,
             &at.version,
             &at.index_digest,
         ]);
-        if let Some(d) = self.refs.get_digest(&ref_name).await {
-            if let Some(m) = self.built_manifest(&d).await? {
-                self.link_manifest(&at.chart, &m).await;
-                return Ok(m);
-            }
-        }
-        let this = self.clone();
-        let at = at.clone();
-        self.manifest_flight
-            .run((at.chart.clone(), at.version.clone()), async move {
-                let (tgz, chart_digest) = this.archive(&at).await?;
-                let prov = this.provenance(&at).await?;
-                let created = at.created.clone();
-                let limits = ArchiveLimits::default();
-                let art = tokio::task::spawn_blocking(move || -> Result<_> {
-                    let meta = read_chart_metadata(&tgz, limits)?;
-                    let chart_ref = BlobRef {
-                        digest: chart_digest,
-                        size: tgz.len() as u64,
-                    };
-                    let prov_ref = prov.map(|(b, d)| BlobRef {
-                        digest: d,
-                        size: b.len() as u64,
-                    });
-                    Ok(synthesize(
-                        &meta,
-                        &chart_ref,
-                        prov_ref.as_ref(),
-                        created.as_deref(),
-                    ))
-                })
-                .await
-                .map_err(|e| Error::internal(format!("manifest task failed: {e}")))??;
-                this.blobs
-                    .put(&art.config_digest, art.config.clone())
-                    .await?;
-                this.blobs
-                    .put(&art.manifest_digest, art.manifest.clone())
-                    .await?;
-                this.persist_ref(&ref_name, &art.manifest_digest).await;
-                let served = ServedManifest {
-                    bytes: art.manifest,
-                    digest: art.manifest_digest,
-                    media_type: OCI_MANIFEST.to_string(),
-                };
-                this.link_manifest(&at.chart, &served).await;
-                this.manifests
-                    .insert(served.digest.clone(), served.clone())
-                    .await;
-                Ok(served)
-            })
-            .await
+        let (this, at2) = (self.clone(), at.clone());
+        let d = self
+            .cache
+            .value_as(
+                &name,
+                Freshness::immutable("manifest"),
+                |b| {
+                    std::str::from_utf8(b)
+                        .map_err(|_| Error::internal("a stored manifest digest is not text"))?
+                        .parse::<Digest>()
+                },
+                move |_| async move {
+                    let art = this.build_manifest(&at2).await?;
+                    Ok(Bytes::from(art.manifest_digest.to_string()))
+                },
+            )
+            .await?
+            .value;
+        let (this, at2) = (self.clone(), at.clone());
+        let bytes = self
+            .cache
+            .blob_bytes(
+                &BlobKey::new(self.name(), &at.chart, &d),
+                move || async move { Ok(this.build_manifest(&at2).await?.manifest) },
+            )
+            .await?;
+        let m = ServedManifest {
+            bytes,
+            digest: (*d).clone(),
+            media_type: OCI_MANIFEST.to_string(),
+        };
+        self.link_manifest(&at.chart, &m).await;
+        Ok(m)
     }
 
-    /// Stores a ref; a disk that refuses it costs a rebuild after a restart, not this answer.
-    async fn persist_ref(&self, name: &RefName, d: &Digest) {
-        if let Err(e) = self.refs.put(name, d.to_string().as_bytes()).await {
-            tracing::warn!(r#ref = %name, error = %e, "cache write failed; serving without caching");
-            crate::metrics::cache_write_failure();
-        }
+    /// Builds the chart's OCI artifact and stores its config blob and manifest.
+    async fn build_manifest(self: &Arc<Self>, at: &Located) -> Result<ChartArtifact> {
+        let (tgz, chart_digest) = self.archive(at).await?;
+        let prov = self.provenance(at).await?;
+        let created = at.created.clone();
+        let limits = ArchiveLimits::default();
+        let art = tokio::task::spawn_blocking(move || -> Result<_> {
+            let meta = read_chart_metadata(&tgz, limits)?;
+            let chart_ref = BlobRef {
+                digest: chart_digest,
+                size: tgz.len() as u64,
+            };
+            let prov_ref = prov.map(|(b, d)| BlobRef {
+                digest: d,
+                size: b.len() as u64,
+            });
+            Ok(synthesize(
+                &meta,
+                &chart_ref,
+                prov_ref.as_ref(),
+                created.as_deref(),
+            ))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("manifest task failed: {e}")))??;
+        self.cache
+            .put_blob(&art.config_digest, art.config.clone())
+            .await?;
+        self.cache
+            .put_blob(&art.manifest_digest, art.manifest.clone())
+            .await?;
+        Ok(art)
     }
 
     /// Links the chart's repository to a manifest built for it and to everything it names
     /// (config blob, archive, provenance): what this upstream may serve by digest.
     async fn link_manifest(&self, chart: &str, m: &ServedManifest) {
-        self.links
-            .add_manifest(self.config.name.as_str(), chart, &m.digest, &m.bytes)
+        self.cache
+            .links()
+            .add_manifest(self.name(), chart, &m.digest, &m.bytes)
             .await;
     }
 
@@ -697,18 +735,10 @@ impl HelmUpstream {
         chart: &str,
         d: &Digest,
     ) -> Result<Option<ServedManifest>> {
-        if !self.links.has(self.config.name.as_str(), chart, d).await {
+        if !self.cache.links().has(self.name(), chart, d).await {
             return Ok(None);
         }
-        self.built_manifest(d).await
-    }
-
-    /// A manifest this upstream built before, by digest.
-    async fn built_manifest(&self, d: &Digest) -> Result<Option<ServedManifest>> {
-        if let Some(m) = self.manifests.get(d).await {
-            return Ok(Some(m));
-        }
-        let Some(bytes) = self.blobs.get(d).await? else {
+        let Some(bytes) = self.cache.cached_bytes(d).await? else {
             return Ok(None);
         };
         // Only OCI image manifests live under this upstream; refuse to serve other blobs as one.
@@ -717,37 +747,30 @@ impl HelmUpstream {
             .is_some_and(|v| {
                 v["schemaVersion"] == 2 && v["config"].is_object() && v["layers"].is_array()
             });
-        if !is_manifest {
-            return Ok(None);
-        }
-        let m = ServedManifest {
+        Ok(is_manifest.then(|| ServedManifest {
             bytes,
             digest: d.clone(),
             media_type: OCI_MANIFEST.to_string(),
-        };
-        self.manifests.insert(d.clone(), m.clone()).await;
-        Ok(Some(m))
+        }))
     }
 
-    /// A blob of a chart: from cache, or (for the chart layer) fetched through the index entry
-    /// whose digest it is.
+    /// A blob of a chart: what this chart's manifests name, from cache, or (for the chart
+    /// layer) fetched through the index entry whose digest it is.
     pub async fn blob(self: &Arc<Self>, chart: &str, d: &Digest) -> Result<Bytes> {
         // Only what this chart's index entries and manifests name: the store is shared.
-        if self.links.has(self.config.name.as_str(), chart, d).await {
-            if let Some(b) = self.blobs.get(d).await? {
+        if self.cache.links().has(self.name(), chart, d).await {
+            if let Some(b) = self.cache.cached_bytes(d).await? {
                 return Ok(b);
             }
         }
-        let state = self.index().await?;
+        let state = self.index().await?.value;
         let version = Self::entries(&state, chart)?
             .find(|e| e.digest == d.hex())
             .map(|e| e.version.to_string());
         match version {
             Some(version) => {
                 let at = self.locate(&state, chart, &version)?;
-                let (b, _) = self.archive(&at).await?;
-                self.links.add(self.config.name.as_str(), chart, d).await;
-                Ok(b)
+                Ok(self.archive(&at).await?.0)
             }
             None => Err(Error::new(Kind::BlobUnknown, format!("blob {d} unknown"))),
         }

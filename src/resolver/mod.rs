@@ -1,7 +1,9 @@
 //! Per upstream, what to serve and where it comes from: `helm` for legacy index.yaml
-//! repositories (index freshness, tag -> version, verified archives, synthesised manifests) and
-//! `oci` for registries (byte-exact pass-through, tag resolution with a TTL, streamed blobs,
-//! `latest`). Calls `convert`, `cache` and `upstream`; knows nothing of HTTP statuses or routes.
+//! repositories (the index, tag -> version, verified archives, synthesised manifests) and `oci`
+//! for registries (byte-exact pass-through, tag resolution, streamed blobs, `latest`). A
+//! resolver says how to fetch and verify one thing and how long it is fresh; the read-through
+//! `cache::Cache` owns memory, refs, single-flight, negative answers and stale copies.
+//! Calls `convert`, `cache` and `upstream`; knows nothing of HTTP statuses or routes.
 
 pub mod helm;
 pub mod oci;
@@ -13,15 +15,11 @@ use crate::ids::Digest;
 pub use helm::HelmUpstream;
 pub use oci::OciUpstream;
 
-/// The cache every upstream shares: blob tiers, refs, per-repository links, and the budget
-/// of parsed helm indexes. Built once by the app and kept across reloads.
+/// What every upstream shares: the read-through cache (kept across reloads), and the cache
+/// directory (where earlier releases kept indexes, read once on upgrade).
 #[derive(Clone)]
 pub struct Stores {
-    pub blobs: std::sync::Arc<crate::cache::BlobCache>,
-    pub refs: std::sync::Arc<dyn crate::cache::RefStore>,
-    pub links: std::sync::Arc<crate::cache::Links>,
-    pub indexes: std::sync::Arc<helm::IndexMemory>,
-    /// The cache directory (helm upstreams persist their last good index under `indexes/`).
+    pub cache: std::sync::Arc<crate::cache::Cache>,
     pub dir: std::path::PathBuf,
 }
 

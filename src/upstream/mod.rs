@@ -10,10 +10,11 @@ use futures::StreamExt;
 use url::Url;
 
 use crate::error::{Error, Result};
+pub use crate::policy::Policy;
 
 pub mod guard;
 pub mod registry;
-pub use registry::{OciChart, Registry, RegistryResponse, MANIFEST_ACCEPT};
+pub use registry::{Registry, RegistryResponse, MANIFEST_ACCEPT};
 
 /// Validators from a previous fetch, sent back so an unchanged resource costs a 304.
 #[derive(Clone, Debug, Default)]
@@ -30,41 +31,6 @@ pub enum Fetch {
         bytes: Bytes,
         validators: Validators,
     },
-}
-
-/// How one upstream is talked to: timeouts, retries, and whether it may be contacted at all.
-#[derive(Clone, Debug)]
-pub struct Policy {
-    /// Connecting (TCP and TLS).
-    pub connect: Duration,
-    /// From sending the request to the response headers.
-    pub header: Duration,
-    /// Longest silence while reading a body.
-    pub idle: Duration,
-    /// Extra attempts for an idempotent request after a connection error or a 5xx.
-    pub retries: u32,
-    /// Never contact the upstream: everything is answered from cache or refused.
-    pub offline: bool,
-    /// When not empty, the only hosts besides the upstream's own that chart URLs and redirects
-    /// may reach (`host`, `*.suffix`, optionally `:port`); when empty, any public host on
-    /// ports 80 and 443.
-    pub allow_hosts: Vec<String>,
-    /// Allow dialling private, loopback and link-local addresses of other hosts.
-    pub allow_private: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Policy {
-        Policy {
-            connect: Duration::from_secs(10),
-            header: Duration::from_secs(30),
-            idle: Duration::from_secs(60),
-            retries: 2,
-            offline: false,
-            allow_hosts: Vec::new(),
-            allow_private: false,
-        }
-    }
 }
 
 /// Longest `Retry-After` we wait out inside one request; longer ones go back to the client.

@@ -14,10 +14,9 @@ use bytes::Bytes;
 use url::Url;
 
 use super::{read_capped, redact, status_err};
-use crate::config::Credentials;
-use crate::convert::manifest::{HELM_CHART_LAYER, HELM_PROV_LAYER, LEGACY_CHART_LAYER};
 use crate::error::{Error, Kind, Result};
 use crate::ids::Digest;
+use crate::policy::Credentials;
 
 /// Every manifest type we pass through, so the registry never converts what it stores.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -76,11 +75,6 @@ impl RegistryResponse {
             ))),
         }
     }
-}
-
-pub struct OciChart {
-    pub chart: Bytes,
-    pub prov: Option<Bytes>,
 }
 
 impl Registry {
@@ -304,51 +298,6 @@ impl Registry {
         r.bytes(max).await
     }
 
-    /// Pulls a Helm chart (and its provenance file, when the artifact has one).
-    pub async fn pull_chart(&self, repo: &str, reference: &str, max: u64) -> Result<OciChart> {
-        let manifest = self
-            .get_bytes(
-                repo,
-                &format!("manifests/{reference}"),
-                MANIFEST_ACCEPT,
-                4 << 20,
-            )
-            .await?;
-        if let Some(d) = reference.strip_prefix("sha256:") {
-            let (want, got) = (Digest::from_hex(d)?, Digest::of(&manifest));
-            if want != got {
-                return Err(crate::cache::digest_mismatch(&want, &got));
-            }
-        }
-        #[derive(serde::Deserialize)]
-        struct Layer {
-            #[serde(rename = "mediaType")]
-            media_type: String,
-            digest: String,
-        }
-        #[derive(serde::Deserialize)]
-        struct Manifest {
-            layers: Vec<Layer>,
-        }
-        let m: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
-            Error::upstream_invalid(format!("{repo}:{reference}: not an OCI manifest: {e}"))
-        })?;
-        let layer = |types: &[&str]| {
-            m.layers
-                .iter()
-                .find(|l| types.contains(&l.media_type.as_str()))
-        };
-        let chart = layer(&[HELM_CHART_LAYER, LEGACY_CHART_LAYER]).ok_or_else(|| {
-            Error::upstream_invalid(format!("{repo}:{reference} has no Helm chart layer"))
-        })?;
-        let chart = self.verified_blob(repo, &chart.digest, max).await?;
-        let prov = match layer(&[HELM_PROV_LAYER]) {
-            Some(p) => Some(self.verified_blob(repo, &p.digest, max).await?),
-            None => None,
-        };
-        Ok(OciChart { chart, prov })
-    }
-
     /// A whole blob, checked against its digest.
     pub async fn verified_blob(&self, repo: &str, digest: &str, max: u64) -> Result<Bytes> {
         let want: Digest = digest.parse()?;
@@ -362,37 +311,10 @@ impl Registry {
             .await?;
         let got = Digest::of(&bytes);
         if got != want {
-            return Err(crate::cache::digest_mismatch(&want, &got));
+            return Err(crate::error::digest_mismatch(&want, &got));
         }
         Ok(bytes)
     }
-}
-
-/// Splits `oci://host/repo/chart[:tag|@digest]` into host, repository and reference;
-/// `default_tag` (a chart version) is used when the URL names neither.
-pub fn parse_oci_url(s: &str, default_tag: &str) -> Result<(String, String, String)> {
-    let bad = || Error::upstream_invalid(format!("bad oci:// chart URL {s:?}"));
-    let rest = s.strip_prefix("oci://").ok_or_else(bad)?;
-    let (host, path) = rest.split_once('/').ok_or_else(bad)?;
-    let (repo, reference) = if let Some((repo, d)) = path.split_once('@') {
-        (repo.to_string(), d.to_string())
-    } else {
-        let last = path.rsplit('/').next().unwrap_or(path);
-        match last.split_once(':') {
-            Some((_, tag)) => (
-                path[..path.len() - tag.len() - 1].to_string(),
-                tag.to_string(),
-            ),
-            None => (
-                path.to_string(),
-                crate::convert::version::tag_for_version(default_tag),
-            ),
-        }
-    };
-    if host.is_empty() || repo.is_empty() || reference.is_empty() {
-        return Err(bad());
-    }
-    Ok((host.to_string(), repo, reference))
 }
 
 /// `Bearer realm="..",service="..",scope=".."` -> key/value pairs.
@@ -421,34 +343,6 @@ fn parse_bearer_challenge(h: &str) -> Option<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn oci_urls() {
-        let r =
-            parse_oci_url("oci://registry-1.docker.io/bitnamicharts/redis:20.1.0", "x").unwrap();
-        assert_eq!(
-            r,
-            (
-                "registry-1.docker.io".into(),
-                "bitnamicharts/redis".into(),
-                "20.1.0".into()
-            )
-        );
-        let r = parse_oci_url("oci://127.0.0.1:5000/charts/demo", "1.0.0+b").unwrap();
-        assert_eq!(
-            r,
-            (
-                "127.0.0.1:5000".into(),
-                "charts/demo".into(),
-                "1.0.0_b".into()
-            )
-        );
-        let d = format!("sha256:{}", "a".repeat(64));
-        let r = parse_oci_url(&format!("oci://h:1/a/b@{d}"), "x").unwrap();
-        assert_eq!((r.1.as_str(), r.2.as_str()), ("a/b", d.as_str()));
-        assert!(parse_oci_url("oci://nohost", "x").is_err());
-        assert!(parse_oci_url("https://x/y", "x").is_err());
-    }
 
     #[test]
     fn bearer_challenges() {

@@ -12,10 +12,14 @@ use crate::resolver::Source;
 
 /// `GET /<upstream>[/<repository>]/index.yaml`, with `ETag` / `If-None-Match`.
 pub async fn index(src: &Source, repo: Option<&RepoName>, req: &Request) -> Result<Response> {
-    let (bytes, etag): (Bytes, String) = match (src, repo) {
+    let (bytes, etag, stale): (Bytes, String, bool) = match (src, repo) {
         (Source::Helm(up), None) => {
-            let state = up.index().await?;
-            (state.content.served.clone(), state.content.etag.clone())
+            let index = up.index().await?;
+            (
+                index.value.served.clone(),
+                index.value.etag.clone(),
+                index.stale,
+            )
         }
         (Source::Helm(up), Some(r)) => {
             return Err(Error::new(
@@ -28,7 +32,7 @@ pub async fn index(src: &Source, repo: Option<&RepoName>, req: &Request) -> Resu
         }
         (Source::Oci(up), repo) => {
             let built = up.chart_index(repo).await?;
-            (built.bytes, built.etag)
+            (built.bytes, built.etag, built.stale)
         }
     };
     let matches = req
@@ -36,12 +40,13 @@ pub async fn index(src: &Source, repo: Option<&RepoName>, req: &Request) -> Resu
         .as_deref()
         .is_some_and(|h| h.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if matches {
-        return Ok(Response::new(304).header("ETag", etag));
+        return Ok(Response::new(304).header("ETag", etag).stale(stale));
     }
     Ok(Response::new(200)
         .header("ETag", etag)
         .header("Cache-Control", "no-cache")
-        .with_body("application/x-yaml", bytes, req.is_head()))
+        .with_body("application/x-yaml", bytes, req.is_head())
+        .stale(stale))
 }
 
 /// `GET /<upstream>[/<repository>]/-/<chart>/<version>/<chart>-<version>.tgz[.prov]`.
@@ -55,7 +60,7 @@ pub async fn archive(
 ) -> Result<Response> {
     let (bytes, d, content_type) = match (src, repo) {
         (Source::Helm(up), None) => {
-            let at = up.locate(&*up.index().await?, chart, version)?;
+            let at = up.locate(&up.index().await?.value, chart, version)?;
             if prov {
                 let (b, d) = up.provenance(&at).await?.ok_or_else(|| {
                     Error::new(

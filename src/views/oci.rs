@@ -5,11 +5,13 @@
 
 use bytes::Bytes;
 
+use crate::cache::BlobData;
+use crate::cache::Served;
 use crate::error::{Error, Kind, Result};
-use crate::http::{blob_response, data_response, Request, Response};
+use crate::http::{blob_response, data_response, Content, Request, Response};
 use crate::ids::{Digest, Reference, RepoName};
 use crate::resolver::oci::BlobAnswer;
-use crate::resolver::{HelmUpstream, Source};
+use crate::resolver::{HelmUpstream, ServedManifest, Source};
 
 /// The chart a repository name means under a helm upstream: a chart name is one component.
 fn chart(repo: &RepoName) -> Result<&str> {
@@ -24,6 +26,14 @@ fn chart(repo: &RepoName) -> Result<&str> {
     Ok(repo.as_str())
 }
 
+/// Cached blob bytes as a response body.
+fn content(data: BlobData) -> Content {
+    match data {
+        BlobData::Bytes(b) => Content::Bytes(b),
+        BlobData::File(f, n) => Content::File(f, n),
+    }
+}
+
 /// `GET /v2/`.
 pub fn api_base(req: &Request) -> Response {
     Response::new(200).with_body("application/json", Bytes::from_static(b"{}"), req.is_head())
@@ -35,13 +45,20 @@ pub async fn tags(
     src: &Source,
     name: &RepoName,
     repo: &RepoName,
+    ns: Option<&str>,
     n: Option<usize>,
     last: Option<&str>,
     req: &Request,
 ) -> Result<Response> {
-    let all = match src {
-        Source::Helm(h) => HelmUpstream::tags(&*h.index().await?, chart(repo)?)?,
-        Source::Oci(o) => std::sync::Arc::new(o.tags(repo).await?),
+    let (all, stale) = match src {
+        Source::Helm(h) => {
+            let index = h.index().await?;
+            (HelmUpstream::tags(&index.value, chart(repo)?)?, index.stale)
+        }
+        Source::Oci(o) => {
+            let tags = o.tags(repo).await?;
+            (std::sync::Arc::new(tags.value), tags.stale)
+        }
     };
     let start = match last {
         Some(l) => all.partition_point(|t| t.as_str() <= l),
@@ -59,24 +76,20 @@ pub async fn tags(
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             q.append_pair("n", &n.to_string())
                 .append_pair("last", last_tag);
-            if let Some(ns) = req.query.as_deref().and_then(ns_param) {
-                q.append_pair("ns", &ns);
+            if let Some(ns) = ns {
+                q.append_pair("ns", ns);
             }
             let q = q.finish();
             resp = resp.header("Link", format!("</v2/{name}/tags/list?{q}>; rel=\"next\""));
         }
     }
-    Ok(resp.with_body(
-        "application/json",
-        Bytes::from(body.to_string()),
-        req.is_head(),
-    ))
-}
-
-fn ns_param(query: &str) -> Option<String> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "ns")
-        .map(|(_, v)| v.into_owned())
+    Ok(resp
+        .with_body(
+            "application/json",
+            Bytes::from(body.to_string()),
+            req.is_head(),
+        )
+        .stale(stale))
 }
 
 /// `GET|HEAD /v2/<name>/manifests/<tag|digest>`.
@@ -86,33 +99,38 @@ pub async fn manifest(
     reference: &Reference,
     req: &Request,
 ) -> Result<Response> {
-    let m = match src {
-        Source::Helm(up) => match reference {
-            Reference::Tag(tag) => {
-                // One index snapshot for the whole request.
-                let chart = chart(repo)?;
-                let state = up.index().await?;
-                let resolved = HelmUpstream::resolve(&state, chart, tag)?;
-                if resolved.synthesized_latest {
-                    crate::metrics::latest_synthesized();
+    let m: Served<ServedManifest> =
+        match src {
+            Source::Helm(up) => match reference {
+                Reference::Tag(tag) => {
+                    // One index snapshot for the whole request.
+                    let chart = chart(repo)?;
+                    let index = up.index().await?;
+                    let resolved = HelmUpstream::resolve(&index.value, chart, tag)?;
+                    if resolved.synthesized_latest {
+                        crate::metrics::latest_synthesized();
+                    }
+                    let at = up.locate(&index.value, chart, &resolved.version)?;
+                    let stale = index.stale;
+                    Served {
+                        value: up.manifest(&at).await?,
+                        stale,
+                    }
                 }
-                up.manifest(&up.locate(&state, chart, &resolved.version)?)
-                    .await?
-            }
-            Reference::Digest(d) => {
-                up.manifest_by_digest(chart(repo)?, d)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::new(Kind::ManifestUnknown, format!("manifest {d} unknown"))
-                    })?
-            }
-        },
-        Source::Oci(up) => up.manifest(repo, reference).await?,
-    };
+                Reference::Digest(d) => {
+                    Served::fresh(up.manifest_by_digest(chart(repo)?, d).await?.ok_or_else(
+                        || Error::new(Kind::ManifestUnknown, format!("manifest {d} unknown")),
+                    )?)
+                }
+            },
+            Source::Oci(up) => up.manifest(repo, reference).await?,
+        };
+    let (stale, m) = (m.stale, m.value);
     Ok(Response::new(200)
         .header("Docker-Content-Digest", m.digest.to_string())
         .header("ETag", format!("\"{}\"", m.digest))
-        .with_body(&m.media_type, m.bytes, req.is_head()))
+        .with_body(&m.media_type, m.bytes, req.is_head())
+        .stale(stale))
 }
 
 /// `GET|HEAD /v2/<name>/blobs/<digest>`.
@@ -134,7 +152,7 @@ pub async fn blob(src: &Source, repo: &RepoName, d: &Digest, req: &Request) -> R
                     .header("Accept-Ranges", "bytes")
             };
             Ok(match answer {
-                BlobAnswer::Data(data) => data_response(req, BLOB, data, Some(d)),
+                BlobAnswer::Data(data) => data_response(req, BLOB, content(data), Some(d)),
                 BlobAnswer::Head(len) => cold(200)
                     .header("Content-Type", BLOB)
                     .header("Content-Length", len.to_string()),

@@ -11,12 +11,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::OciUpstream;
+use crate::cache::BlobKey;
 use crate::convert::chart::ChartMetadata;
 use crate::convert::index::ChartVersion;
 use crate::convert::index::{archive_path, render, IndexFile};
-use crate::convert::manifest::{
-    FALLBACK_CREATED, HELM_CHART_LAYER, HELM_CONFIG, HELM_PROV_LAYER, LEGACY_CHART_LAYER,
-};
+use crate::convert::manifest::{chart_layers, ChartLayers, FALLBACK_CREATED};
 use crate::convert::version;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{Digest, Reference, RepoName, Tag};
@@ -26,21 +25,17 @@ const CONCURRENCY: usize = 8;
 /// Most repositories an upstream-level index takes from `_catalog`.
 const MAX_CATALOG: usize = 500;
 
-/// What a chart manifest points at.
-#[derive(Clone, Debug)]
-pub struct ChartLayers {
-    pub config: Digest,
-    pub chart: Digest,
-    pub prov: Option<Digest>,
-    pub created: Option<String>,
-}
-
-/// A built index: bytes and strong ETag.
+/// A built index: bytes and strong ETag, and whether a tag list behind it was a stale copy.
 #[derive(Clone)]
 pub struct BuiltIndex {
     pub bytes: Bytes,
     pub etag: String,
+    pub stale: bool,
 }
+
+/// What building an index view found: the index, or that the repository holds no chart (an
+/// answer remembered as long as an index would be: asking again costs a manifest per tag).
+type IndexView = std::result::Result<BuiltIndex, Error>;
 
 impl OciUpstream {
     /// The repositories of the upstream-level index: `charts:` from the config, else the
@@ -87,64 +82,24 @@ impl OciUpstream {
         reference: &Reference,
     ) -> Result<Option<ChartLayers>> {
         let m = self.manifest(repo, reference).await?;
-        #[derive(serde::Deserialize)]
-        struct Desc {
-            #[serde(rename = "mediaType", default)]
-            media_type: String,
-            digest: String,
-        }
-        #[derive(serde::Deserialize)]
-        struct Manifest {
-            config: Option<Desc>,
-            #[serde(default)]
-            layers: Vec<Desc>,
-            #[serde(default)]
-            annotations: std::collections::BTreeMap<String, String>,
-        }
-        let Ok(parsed) = serde_json::from_slice::<Manifest>(&m.bytes) else {
-            return Ok(None);
-        };
-        let Some(config) = parsed.config.filter(|c| c.media_type == HELM_CONFIG) else {
-            return Ok(None);
-        };
-        let find = |types: &[&str]| {
-            parsed
-                .layers
-                .iter()
-                .find(|l| types.contains(&l.media_type.as_str()))
-                .and_then(|l| l.digest.parse::<Digest>().ok())
-        };
-        let Some(chart) = find(&[HELM_CHART_LAYER, LEGACY_CHART_LAYER]) else {
-            return Ok(None);
-        };
-        Ok(Some(ChartLayers {
-            config: config.digest.parse()?,
-            chart,
-            prov: find(&[HELM_PROV_LAYER]),
-            created: parsed
-                .annotations
-                .get("org.opencontainers.image.created")
-                .cloned(),
-        }))
+        Ok(chart_layers(&m.value.bytes))
     }
 
     /// A small blob of a repository, from cache (when the repository holds it) or fetched,
     /// verified, cached and linked.
-    pub(super) async fn small_blob(&self, repo: &RepoName, d: &Digest) -> Result<Bytes> {
+    pub(super) async fn small_blob(self: &Arc<Self>, repo: &RepoName, d: &Digest) -> Result<Bytes> {
         let up = self.upstream_repo(repo);
-        if self.blobs.stat(d).await?.is_some() {
+        if self.cache.has_blob(d).await? {
             self.require_blob_link(&up, d).await?;
-            if let Some(b) = self.blobs.get(d).await? {
-                return Ok(b);
-            }
         }
-        let b = self
-            .registry
-            .verified_blob(&up, &d.to_string(), self.limits.max_chart_bytes)
-            .await?;
-        self.blobs.put(d, b.clone()).await?;
-        self.links.add(self.config.name.as_str(), &up, d).await;
-        Ok(b)
+        let (this, r, dd) = (self.clone(), up.clone(), d.clone());
+        self.cache
+            .blob_bytes(&BlobKey::new(self.name(), &up, d), move || async move {
+                this.registry
+                    .verified_blob(&r, &dd.to_string(), this.limits.max_chart_bytes)
+                    .await
+            })
+            .await
     }
 
     /// One index entry for a tag, remembered by manifest digest.
@@ -159,10 +114,33 @@ impl OciUpstream {
             Some(l) => l,
             None => return Ok(None),
         };
-        let key = (layers.chart.clone(), url_prefix.to_string());
-        if let Some(e) = self.index_entries.get(&key).await {
-            return Ok(Some(e));
-        }
+        let key = format!("oci-entry\0{}\0{}\0{url_prefix}", self.name(), layers.chart);
+        let (this, repo, tag, url_prefix) = (
+            self.clone(),
+            repo.clone(),
+            tag.to_string(),
+            url_prefix.to_string(),
+        );
+        let entry = self
+            .cache
+            .derived(
+                key,
+                None,
+                |_| 2048,
+                move || async move { this.build_entry(&repo, &tag, &url_prefix, layers).await },
+            )
+            .await?;
+        Ok(Some((*entry).clone()))
+    }
+
+    /// An index entry from a chart's config blob (its Chart.yaml).
+    async fn build_entry(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        tag: &str,
+        url_prefix: &str,
+        layers: ChartLayers,
+    ) -> Result<Arc<ChartVersion>> {
         let config = self.small_blob(repo, &layers.config).await?;
         let meta: ChartMetadata = serde_json::from_slice(&config).map_err(|e| {
             Error::upstream_invalid(format!("{repo}:{tag}: chart config is not JSON: {e}"))
@@ -183,16 +161,33 @@ impl OciUpstream {
                 .created
                 .unwrap_or_else(|| FALLBACK_CREATED.to_string()),
         );
-        self.index_entries.insert(key, entry.clone()).await;
-        Ok(Some(entry))
+        Ok(Arc::new(entry))
     }
 
-    /// The index.yaml of one chart repository (`repo` given) or of the upstream's charts.
+    /// The index.yaml of one chart repository (`repo` given) or of the upstream's charts,
+    /// built once per `tag_ttl`.
     pub async fn chart_index(self: &Arc<Self>, repo: Option<&RepoName>) -> Result<BuiltIndex> {
+        let key = format!(
+            "oci-index\0{}\0{}",
+            self.name(),
+            repo.map(RepoName::as_str).unwrap_or_default()
+        );
+        let (this, r) = (self.clone(), repo.cloned());
+        let view = self
+            .cache
+            .derived(
+                key,
+                Some(self.config.tag_ttl),
+                |v: &IndexView| v.as_ref().map_or(256, |b| b.bytes.len() as u64),
+                move || async move { Ok(Arc::new(this.build_index(r.as_ref()).await?)) },
+            )
+            .await?;
+        (*view).clone()
+    }
+
+    async fn build_index(self: &Arc<Self>, repo: Option<&RepoName>) -> Result<IndexView> {
         let cache_key = repo.map(|r| r.to_string()).unwrap_or_default();
-        if let Some(b) = self.built_indexes.get(&cache_key).await {
-            return b;
-        }
+        let mut stale = false;
         let repos: Vec<(RepoName, String)> = match repo {
             Some(r) => vec![(r.clone(), String::new())],
             None => self
@@ -208,7 +203,10 @@ impl OciUpstream {
         let mut jobs = Vec::new();
         for (r, prefix) in &repos {
             let tags = match self.tags_upstream_only(r).await {
-                Ok(t) => t,
+                Ok(t) => {
+                    stale |= t.stale;
+                    t.value
+                }
                 Err(e) if repo.is_none() => {
                     tracing::warn!(upstream = %self.config.name, repo = %r, error = %e, "skipping repository in the upstream index");
                     continue;
@@ -260,24 +258,17 @@ impl OciUpstream {
             versions.dedup_by(|a, b| a.version == b.version);
         }
         if repo.is_some() && index.entries.is_empty() {
-            // Remembered as long as a built index would be: asking again costs a manifest
-            // request per tag.
-            let e = Error::new(
+            return Ok(Err(Error::new(
                 Kind::NotFound,
-                format!("{} has no Helm chart tags", cache_key),
-            );
-            self.built_indexes.insert(cache_key, Err(e.clone())).await;
-            return Err(e);
+                format!("{cache_key} has no Helm chart tags"),
+            )));
         }
         let bytes = Bytes::from(render(&index, self.config.index_format));
-        let built = BuiltIndex {
+        Ok(Ok(BuiltIndex {
             etag: format!("\"{}\"", Digest::of(&bytes).hex()),
             bytes,
-        };
-        self.built_indexes
-            .insert(cache_key, Ok(built.clone()))
-            .await;
-        Ok(built)
+            stale,
+        }))
     }
 
     /// A chart archive (or its provenance file) of an OCI chart repository, by version.
