@@ -1,7 +1,7 @@
 //! Configuration in two stages: `RawConfig` is the YAML as written (unknown keys refused, with
 //! their name and line), `Config` is the validated, typed form the rest of the program uses.
-//! Owns parsing of sizes (`10GiB`) and durations (`5m`). Calls nothing but `ids` (and names
-//! `convert`'s `IndexFormat`).
+//! Owns parsing of sizes (`10GiB`) and durations (`5m`). Builds `policy` values and loads the
+//! `access` files; names `ids` and `convert`'s `IndexFormat`; never calls `upstream`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -289,200 +289,26 @@ impl Config {
                 "listen: {listen:?} is not an address like 127.0.0.1:5000"
             ))
         })?;
-        let size = |v: &Option<String>, key: &str, default: u64| match v {
-            Some(s) => parse_size(s).map_err(|e| err(format!("{key}: {e}"))),
-            None => Ok(default),
+        let metrics_listen = match raw.metrics_listen.as_deref() {
+            Some(m) => Some(m.parse().map_err(|_| {
+                err(format!(
+                    "metrics_listen: {m:?} is not an address like 127.0.0.1:9090"
+                ))
+            })?),
+            None => None,
         };
-        let cache = CacheConfig {
-            verify_on_read: raw.cache.verify_on_read,
-            dir: PathBuf::from(raw.cache.dir.as_deref().unwrap_or("./chartbridge-data")),
-            max_disk_bytes: size(&raw.cache.max_disk_bytes, "cache.max_disk_bytes", 10 << 30)?,
-            max_memory_bytes: size(
-                &raw.cache.max_memory_bytes,
-                "cache.max_memory_bytes",
-                256 << 20,
-            )?,
-            max_index_memory_bytes: size(
-                &raw.cache.max_index_memory_bytes,
-                "cache.max_index_memory_bytes",
-                512 << 20,
-            )?,
-            negative_ttl: match &raw.cache.negative_ttl {
-                Some(s) => {
-                    parse_duration(s).map_err(|e| err(format!("cache.negative_ttl: {e}")))?
-                }
-                None => Duration::from_secs(1),
-            },
-            refresh_backoff: match &raw.cache.refresh_backoff {
-                Some(s) => {
-                    parse_duration(s).map_err(|e| err(format!("cache.refresh_backoff: {e}")))?
-                }
-                None => Duration::from_secs(10),
-            },
-        };
-        let format = |v: &Option<String>, key: &str, default: IndexFormat| match v {
-            None => Ok(default),
-            Some(s) => IndexFormat::parse(s)
-                .ok_or_else(|| err(format!("{key}: {s:?} is not json or yaml"))),
-        };
-        let index_format = format(&raw.index_format, "index_format", IndexFormat::Json)?;
-        let limits = Limits {
-            max_index_bytes: size(
-                &raw.limits.max_index_bytes,
-                "limits.max_index_bytes",
-                64 << 20,
-            )?,
-            max_chart_bytes: size(
-                &raw.limits.max_chart_bytes,
-                "limits.max_chart_bytes",
-                64 << 20,
-            )?,
-            max_blob_bytes: size(
-                &raw.limits.max_blob_bytes,
-                "limits.max_blob_bytes",
-                16 << 30,
-            )?,
-            max_index_tags: raw.limits.max_index_tags.unwrap_or(1000),
-            max_connections: raw.limits.max_connections.unwrap_or(10_000).max(1),
-            request_head_timeout: match &raw.limits.request_head_timeout {
-                Some(s) => parse_duration(s)
-                    .map_err(|e| err(format!("limits.request_head_timeout: {e}")))?,
-                None => Duration::from_secs(10),
-            },
-            idle_timeout: match &raw.limits.idle_timeout {
-                Some(s) => {
-                    parse_duration(s).map_err(|e| err(format!("limits.idle_timeout: {e}")))?
-                }
-                None => Duration::from_secs(60),
-            },
-        };
+        let shutdown_grace = duration(&raw.shutdown_grace, "shutdown_grace", 10)?;
+        let index_format = index_format(&raw.index_format, "index_format", IndexFormat::Json)?;
         let mut upstreams: Vec<Upstream> = Vec::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {
-            let at = format!("upstreams[{i}]");
-            let name: UpstreamName = u
-                .name
-                .parse()
-                .map_err(|e: crate::error::Error| err(format!("{at}.name: {e}")))?;
-            if upstreams.iter().any(|x| x.name == name) {
-                return Err(err(format!("{at}.name: {name:?} is configured twice")));
-            }
-            if name.as_str() == "v2" || name.as_str() == "metrics" || name.as_str().starts_with('_')
-            {
-                return Err(err(format!("{at}.name: {name:?} is reserved")));
-            }
-            let kind = match u.kind.as_str() {
-                "helm" => UpstreamKind::Helm,
-                "oci" => UpstreamKind::Oci,
-                other => {
-                    return Err(err(format!(
-                        "{at}.kind: unknown kind {other:?} (supported: helm, oci)"
-                    )))
-                }
-            };
-            let mut url = Url::parse(&u.url)
-                .map_err(|e| err(format!("{at}.url: {:?} is not a URL: {e}", u.url)))?;
-            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(err(format!("{at}.url: {:?} must be an http(s) URL", u.url)));
-            }
-            if !url.path().ends_with('/') {
-                let p = format!("{}/", url.path());
-                url.set_path(&p);
-            }
-            let index_ttl = match &u.index_ttl {
-                Some(s) => parse_duration(s).map_err(|e| err(format!("{at}.index_ttl: {e}")))?,
-                None => Duration::from_secs(300),
-            };
-            let tag_ttl = match &u.tag_ttl {
-                Some(s) => parse_duration(s).map_err(|e| err(format!("{at}.tag_ttl: {e}")))?,
-                None => Duration::from_secs(60),
-            };
-            let latest = match u.latest.as_deref() {
-                None | Some("synthesize-if-missing") => LatestPolicy::SynthesizeIfMissing,
-                Some("always") => LatestPolicy::Always,
-                Some("never") => LatestPolicy::Never,
-                Some(other) => {
-                    return Err(err(format!(
-                        "{at}.latest: {other:?} is not synthesize-if-missing, always or never"
-                    )))
-                }
-            };
-            let credentials = match u.credentials {
-                Some(c) => Some(
-                    resolve_credentials(c).map_err(|e| err(format!("{at}.credentials: {e}")))?,
-                ),
-                None => None,
-            };
-            let charts = u
-                .charts
-                .iter()
-                .map(|c| {
-                    c.parse()
-                        .map_err(|e: crate::error::Error| err(format!("{at}.charts: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if kind == UpstreamKind::Helm
-                && (credentials.is_some() || !charts.is_empty() || u.latest.is_some())
-            {
+            let up = validate_upstream(u, &format!("upstreams[{i}]"), index_format, raw.offline)?;
+            if upstreams.iter().any(|x| x.name == up.name) {
                 return Err(err(format!(
-                    "{at}: credentials, charts and latest apply to kind oci only"
+                    "upstreams[{i}].name: {:?} is configured twice",
+                    up.name
                 )));
             }
-            let dur = |v: &Option<String>, key: &str, default: u64| match v {
-                Some(s) => parse_duration(s).map_err(|e| err(format!("{at}.timeouts.{key}: {e}"))),
-                None => Ok(Duration::from_secs(default)),
-            };
-            for h in &u.allow_hosts {
-                let port_ok = match h.rsplit_once(':') {
-                    Some((host, p)) if !host.contains(':') || host.ends_with(']') => {
-                        p.parse::<u16>().is_ok()
-                    }
-                    _ => true,
-                };
-                if h.trim().is_empty() || h.contains('/') || !port_ok {
-                    return Err(err(format!(
-                        "{at}.allow_hosts: {h:?} is not a host, *.suffix or host:port"
-                    )));
-                }
-            }
-            let policy = Policy {
-                connect: dur(&u.timeouts.connect, "connect", 10)?,
-                header: dur(&u.timeouts.header, "header", 30)?,
-                idle: dur(&u.timeouts.idle, "idle", 60)?,
-                retries: u.retries.unwrap_or(2).min(10),
-                offline: u.offline || raw.offline,
-                allow_hosts: u.allow_hosts.clone(),
-                allow_private: u.allow_private,
-            };
-            let access = match &u.access {
-                Some(a) => {
-                    if a.htpasswd_file.is_none() && a.tokens_file.is_none() {
-                        return Err(err(format!(
-                            "{at}.access: give htpasswd_file and/or tokens_file"
-                        )));
-                    }
-                    let loaded = crate::access::Access::load(
-                        a.htpasswd_file.as_deref().map(std::path::Path::new),
-                        a.tokens_file.as_deref().map(std::path::Path::new),
-                        a.anonymous,
-                    )
-                    .map_err(|e| err(format!("{at}.access: {e}")))?;
-                    Some(std::sync::Arc::new(loaded))
-                }
-                None => None,
-            };
-            upstreams.push(Upstream {
-                index_format: format(&u.index_format, &format!("{at}.index_format"), index_format)?,
-                name,
-                kind,
-                url,
-                index_ttl,
-                tag_ttl,
-                latest,
-                credentials,
-                charts,
-                policy,
-                access,
-            });
+            upstreams.push(up);
         }
         let default_upstream = match raw.default_upstream {
             Some(d) => {
@@ -496,24 +322,12 @@ impl Config {
             }
             None => None,
         };
-        let metrics_listen = match raw.metrics_listen.as_deref() {
-            Some(m) => Some(m.parse().map_err(|_| {
-                err(format!(
-                    "metrics_listen: {m:?} is not an address like 127.0.0.1:9090"
-                ))
-            })?),
-            None => None,
-        };
-        let shutdown_grace = match raw.shutdown_grace.as_deref() {
-            Some(s) => parse_duration(s).map_err(|e| err(format!("shutdown_grace: {e}")))?,
-            None => Duration::from_secs(10),
-        };
         Ok(Config {
             shutdown_grace,
             listen,
             metrics_listen,
-            cache,
-            limits,
+            cache: validate_cache(&raw.cache)?,
+            limits: validate_limits(&raw.limits)?,
             upstreams,
             default_upstream,
         })
@@ -522,6 +336,190 @@ impl Config {
     pub fn upstream(&self, name: &UpstreamName) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| &u.name == name)
     }
+}
+
+fn size(v: &Option<String>, key: &str, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        Some(s) => parse_size(s).map_err(|e| err(format!("{key}: {e}"))),
+        None => Ok(default),
+    }
+}
+
+fn duration(v: &Option<String>, key: &str, default_secs: u64) -> Result<Duration, ConfigError> {
+    match v {
+        Some(s) => parse_duration(s).map_err(|e| err(format!("{key}: {e}"))),
+        None => Ok(Duration::from_secs(default_secs)),
+    }
+}
+
+fn index_format(
+    v: &Option<String>,
+    key: &str,
+    default: IndexFormat,
+) -> Result<IndexFormat, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            IndexFormat::parse(s).ok_or_else(|| err(format!("{key}: {s:?} is not json or yaml")))
+        }
+    }
+}
+
+fn validate_cache(c: &RawCache) -> Result<CacheConfig, ConfigError> {
+    Ok(CacheConfig {
+        verify_on_read: c.verify_on_read,
+        dir: PathBuf::from(c.dir.as_deref().unwrap_or("./chartbridge-data")),
+        max_disk_bytes: size(&c.max_disk_bytes, "cache.max_disk_bytes", 10 << 30)?,
+        max_memory_bytes: size(&c.max_memory_bytes, "cache.max_memory_bytes", 256 << 20)?,
+        max_index_memory_bytes: size(
+            &c.max_index_memory_bytes,
+            "cache.max_index_memory_bytes",
+            512 << 20,
+        )?,
+        negative_ttl: duration(&c.negative_ttl, "cache.negative_ttl", 1)?,
+        refresh_backoff: duration(&c.refresh_backoff, "cache.refresh_backoff", 10)?,
+    })
+}
+
+fn validate_limits(l: &RawLimits) -> Result<Limits, ConfigError> {
+    Ok(Limits {
+        max_index_bytes: size(&l.max_index_bytes, "limits.max_index_bytes", 64 << 20)?,
+        max_chart_bytes: size(&l.max_chart_bytes, "limits.max_chart_bytes", 64 << 20)?,
+        max_blob_bytes: size(&l.max_blob_bytes, "limits.max_blob_bytes", 16 << 30)?,
+        max_index_tags: l.max_index_tags.unwrap_or(1000),
+        max_connections: l.max_connections.unwrap_or(10_000).max(1),
+        request_head_timeout: duration(&l.request_head_timeout, "limits.request_head_timeout", 10)?,
+        idle_timeout: duration(&l.idle_timeout, "limits.idle_timeout", 60)?,
+    })
+}
+
+/// One `upstreams[i]` entry (`at` names it in errors); `offline` is the global setting.
+fn validate_upstream(
+    u: RawUpstream,
+    at: &str,
+    default_format: IndexFormat,
+    offline: bool,
+) -> Result<Upstream, ConfigError> {
+    let name: UpstreamName = u
+        .name
+        .parse()
+        .map_err(|e: crate::error::Error| err(format!("{at}.name: {e}")))?;
+    if name.as_str() == "v2" || name.as_str() == "metrics" || name.as_str().starts_with('_') {
+        return Err(err(format!("{at}.name: {name:?} is reserved")));
+    }
+    let kind = match u.kind.as_str() {
+        "helm" => UpstreamKind::Helm,
+        "oci" => UpstreamKind::Oci,
+        other => {
+            return Err(err(format!(
+                "{at}.kind: unknown kind {other:?} (supported: helm, oci)"
+            )))
+        }
+    };
+    let mut url =
+        Url::parse(&u.url).map_err(|e| err(format!("{at}.url: {:?} is not a URL: {e}", u.url)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(err(format!("{at}.url: {:?} must be an http(s) URL", u.url)));
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    let latest = match u.latest.as_deref() {
+        None | Some("synthesize-if-missing") => LatestPolicy::SynthesizeIfMissing,
+        Some("always") => LatestPolicy::Always,
+        Some("never") => LatestPolicy::Never,
+        Some(other) => {
+            return Err(err(format!(
+                "{at}.latest: {other:?} is not synthesize-if-missing, always or never"
+            )))
+        }
+    };
+    let policy = validate_policy(&u, at, offline)?;
+    let credentials = match u.credentials {
+        Some(c) => Some(resolve_credentials(c).map_err(|e| err(format!("{at}.credentials: {e}")))?),
+        None => None,
+    };
+    let charts = u
+        .charts
+        .iter()
+        .map(|c| {
+            c.parse()
+                .map_err(|e: crate::error::Error| err(format!("{at}.charts: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if kind == UpstreamKind::Helm
+        && (credentials.is_some() || !charts.is_empty() || u.latest.is_some())
+    {
+        return Err(err(format!(
+            "{at}: credentials, charts and latest apply to kind oci only"
+        )));
+    }
+    Ok(Upstream {
+        index_format: index_format(
+            &u.index_format,
+            &format!("{at}.index_format"),
+            default_format,
+        )?,
+        index_ttl: duration(&u.index_ttl, &format!("{at}.index_ttl"), 300)?,
+        tag_ttl: duration(&u.tag_ttl, &format!("{at}.tag_ttl"), 60)?,
+        policy,
+        access: validate_access(&u.access, at)?,
+        name,
+        kind,
+        url,
+        latest,
+        credentials,
+        charts,
+    })
+}
+
+/// How an upstream is reached: timeouts, retries, offline, the SSRF allowances.
+fn validate_policy(u: &RawUpstream, at: &str, offline: bool) -> Result<Policy, ConfigError> {
+    for h in &u.allow_hosts {
+        let port_ok = match h.rsplit_once(':') {
+            Some((host, p)) if !host.contains(':') || host.ends_with(']') => {
+                p.parse::<u16>().is_ok()
+            }
+            _ => true,
+        };
+        if h.trim().is_empty() || h.contains('/') || !port_ok {
+            return Err(err(format!(
+                "{at}.allow_hosts: {h:?} is not a host, *.suffix or host:port"
+            )));
+        }
+    }
+    let t = &u.timeouts;
+    Ok(Policy {
+        connect: duration(&t.connect, &format!("{at}.timeouts.connect"), 10)?,
+        header: duration(&t.header, &format!("{at}.timeouts.header"), 30)?,
+        idle: duration(&t.idle, &format!("{at}.timeouts.idle"), 60)?,
+        retries: u.retries.unwrap_or(2).min(10),
+        offline: u.offline || offline,
+        allow_hosts: u.allow_hosts.clone(),
+        allow_private: u.allow_private,
+    })
+}
+
+fn validate_access(
+    a: &Option<RawAccess>,
+    at: &str,
+) -> Result<Option<std::sync::Arc<crate::access::Access>>, ConfigError> {
+    let Some(a) = a else {
+        return Ok(None);
+    };
+    if a.htpasswd_file.is_none() && a.tokens_file.is_none() {
+        return Err(err(format!(
+            "{at}.access: give htpasswd_file and/or tokens_file"
+        )));
+    }
+    let loaded = crate::access::Access::load(
+        a.htpasswd_file.as_deref().map(std::path::Path::new),
+        a.tokens_file.as_deref().map(std::path::Path::new),
+        a.anonymous,
+    )
+    .map_err(|e| err(format!("{at}.access: {e}")))?;
+    Ok(Some(std::sync::Arc::new(loaded)))
 }
 
 fn resolve_credentials(c: RawCredentials) -> Result<Credentials, String> {

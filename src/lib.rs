@@ -10,51 +10,52 @@
 //!   (whole, from a file, or streamed from a channel). Listeners, write buffer, connection
 //!   limits (open connections, request-head deadline, keep-alive, pipelining, open-file
 //!   limit), SIGTERM grace, SIGHUP reload.
-//! - `app`: builds caches and upstreams from the `Config` (the upstreams again, swapped in
-//!   whole, on reload); turns a request into a typed
-//!   `route::Route` (parsed once, at the edge), picks the upstream (`?ns=`, path prefix,
-//!   `default_upstream`), checks `access`, dispatches to a view; access log and request metrics.
+//! - `app`: builds the cache and the upstreams from the `Config` (the upstreams again, swapped
+//!   in whole, on reload); turns a request into a typed `route::Route` (parsed once, at the
+//!   edge), picks the upstream (`?ns=`, path prefix, `default_upstream`), checks `access`,
+//!   dispatches to a view; access log, request metrics, `Warning` on stale answers.
 //! - `route`: method + path + query -> `Route`. Handlers never split strings.
 //! - `access`: downstream access control per upstream (htpasswd bcrypt on the blocking pool,
 //!   bearer tokens), and the `Throttle` that bounds bcrypt and backs off failing addresses.
-//! - `http`: the response and body types, Range handling, and `error_response`, the one place
-//!   that maps a domain `error::Error` to an HTTP status and OCI error JSON or plain text.
+//! - `http`: the request and response types with their own body types, Range handling, and
+//!   `error_response`, the one place that maps a domain `error::Error` to an HTTP status and
+//!   OCI error JSON or plain text.
 //! - `views::oci`: the distribution-spec pull API (`/v2/...`) over either kind of upstream.
 //! - `views::mirror`: the Helm HTTP repository view (`index.yaml`, archives) over either kind.
-//! - `resolver`: `Stores`, the cache handles every upstream shares. `resolver::helm`: a legacy
-//!   index.yaml upstream: index freshness (conditional refresh, last good copy, persisted),
-//!   parsed indexes kept compact within a shared memory budget (`IndexMemory`), tag -> version
-//!   and the index entry resolved once per request (`Located`), verified archives, synthesised
-//!   manifests.
-//! - `resolver::oci`: a registry upstream: byte-exact manifests, tag -> digest with a TTL and
-//!   stale fallback, streamed and verified blobs, `latest` policy, negative cache; and
-//!   `resolver::oci::chart_index`, the index.yaml view of OCI charts.
-//! - `convert`: pure conversions (Chart.yaml -> config blob, chart -> OCI manifest, index parse
-//!   and rewrite to JSON or YAML with its compact entry table, versions and tags). Golden- and
-//!   property-tested; no I/O.
-//! - `cache`: the `BlobStore` trait (stat / get / read / put / begin) with memory (moka) and disk
-//!   (content-addressed, LRU, verify-on-read) stores, the two-tier `BlobCache`, the `RefStore`
-//!   trait (small named values under path-like `RefName`s: get / put / delete / list by prefix;
-//!   `DiskRefs` on disk) for tag -> digest, media types and the like, `Links` (which
-//!   repository may name which digest: per-repository read permission over the shared store),
-//!   `Flight` (single-flight: one upstream fetch per key), and `Tee` (followers read a blob,
-//!   or a range of it, while it is fetched: recent bytes from memory, older ones back from the
-//!   store's temp file).
+//! - `resolver`: per upstream, how to fetch and verify one thing and how long it is fresh;
+//!   `Stores` hands them the shared cache. `resolver::helm`: a legacy index.yaml upstream (the
+//!   index revalidated after `index_ttl`, tag -> version and the index entry resolved once per
+//!   request as `Located`, verified archives, synthesised manifests). `resolver::oci`: a
+//!   registry upstream (byte-exact manifests, tag -> digest, blobs and manifests by digest for
+//!   the repositories that hold them, `latest`), and `resolver::oci::chart_index`, the
+//!   index.yaml view of OCI charts.
+//! - `convert`: pure conversions (Chart.yaml -> config blob, chart -> OCI manifest, the chart
+//!   layers of a manifest, index parse and rewrite to JSON or YAML with its compact entry
+//!   table, `oci://` URLs, versions and tags). Golden- and property-tested; no I/O.
+//! - `cache`: `Cache`, the read-through cache every resolver uses (named values with
+//!   freshness, stale-on-error, backoff and negative answers; whole and streamed blobs with
+//!   single-flight and the `Tee`; derived values within a memory budget; `Links`, which
+//!   repository may name which digest), over the storage traits: `BlobStore` (`DiskStore`,
+//!   content-addressed, LRU, verify-on-read; the memory tier in front) and `RefStore`
+//!   (`DiskRefs`, small named values listed by prefix), each with a conformance test.
 //! - `upstream`: the only outbound HTTP: one client per upstream with timeouts, retries and
-//!   offline mode (`mod`), the SSRF `guard` (allowed hosts, no private addresses, checked on
-//!   URLs, redirects and DNS), and `registry` (Bearer/Basic auth, token cache, oci:// pulls).
+//!   offline mode (`mod`), the SSRF `guard` (public hosts on 80/443 or `allow_hosts`, the
+//!   upstream's own host on its own port, no private addresses; checked on URLs, redirects and
+//!   DNS), and `registry` (Bearer/Basic auth, token cache).
 //! - `config`: YAML config in two stages (`RawConfig` -> validated `Config`), embedded default.
 //! - `policy`: how an upstream is reached (timeouts, retries, offline, SSRF allowances,
 //!   credentials): data shared by `config` and `upstream`, which do not import each other.
-//! - `ids`: typed identifiers (`Digest`, `RepoName`, `Tag`, `UpstreamName`, `Reference`).
+//! - `ids`: typed identifiers (`Digest`, `RepoName`, `Tag`, `UpstreamName`, `Reference`,
+//!   `ByteRange`).
 //! - `metrics`: every Prometheus metric, declared in one place, and the per-request context the
 //!   access log reads.
-//! - `error`: the domain error (kind + message, no HTTP status).
+//! - `error`: the domain error (kind, message, source; no HTTP status).
 //!
-//! Room left for what comes next: a shared S3-compatible store is another `BlobStore` (and
-//! `RefStore`) implementation; cache warming and OCI-layout export/import walk `RefStore` and
-//! the disk tier; every derived artifact (manifests, config blobs, rewritten indexes) is a pure
-//! function of upstream bytes, so replicas agree without coordination.
+//! Room left for what comes next: a shared S3-compatible store is another `BlobStore` and
+//! `RefStore` implementation under the same `Cache`; cache warming goes through the resolvers;
+//! OCI-layout export and import walk `BlobStore::list` and `RefStore::list`; every derived
+//! artifact (manifests, config blobs, rewritten indexes) is a pure function of upstream bytes,
+//! so replicas and bundles agree without coordination.
 
 pub mod access;
 pub mod app;

@@ -17,8 +17,14 @@ fn blob() -> (Vec<u8>, chartbridge::ids::Digest) {
     (b, d)
 }
 
+/// chartbridge in front of the fault server, with a short negative cache (0.3 s) so that
+/// recovery is awaited by condition, not by a fixed second.
 fn bridge_for(fake: &FaultServer, extra: &str) -> Proc {
-    chartbridge(&oci_upstream("f", &fake.url(), extra))
+    chartbridge_with(
+        &oci_upstream("f", &fake.url(), extra),
+        "  negative_ttl: 300ms\n",
+        None,
+    )
 }
 
 fn cached(bridge: &Proc, d: &chartbridge::ids::Digest) -> bool {
@@ -82,7 +88,9 @@ fn body_faults_fail_visibly_cache_nothing_and_recover() {
             hits,
             "{what}: no upstream request while negatively cached"
         );
-        std::thread::sleep(Duration::from_millis(1100));
+        wait_until(&format!("{what}: recovers past the negative cache"), || {
+            get(&url).status() == 200
+        });
         let ok = get(&url);
         assert_eq!(ok.status(), 200, "{what}: recovers");
         assert_eq!(
@@ -90,8 +98,9 @@ fn body_faults_fail_visibly_cache_nothing_and_recover() {
             good,
             "{what}: right bytes after recovery"
         );
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(cached(&bridge, &d), "{what}: cached after a good fetch");
+        wait_until(&format!("{what}: cached after a good fetch"), || {
+            cached(&bridge, &d)
+        });
     }
 }
 
@@ -117,10 +126,13 @@ fn a_slow_first_byte_hits_the_header_timeout_and_5xx_bursts_are_retried() {
         "the timeout, not the upstream, ended it"
     );
     assert!(!cached(&bridge, &d));
-    // once the upstream answers in time, past the 1 s negative cache, the blob is served
+    // once the upstream answers in time, past the negative cache, the blob is served
     fake.route(&path, vec![Behavior::ok(&good, OCTET)]);
-    std::thread::sleep(Duration::from_millis(1100));
-    let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
+    let url = format!("{}/v2/f/img/blobs/{d}", bridge.url());
+    wait_until("served past the negative cache", || {
+        get(&url).status() == 200
+    });
+    let r = get(&url);
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().to_vec(), good);
 
@@ -154,9 +166,10 @@ fn a_slow_first_byte_hits_the_header_timeout_and_5xx_bursts_are_retried() {
     let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
     assert_eq!(r.status(), 502);
     assert!(!cached(&bridge, &d));
-    std::thread::sleep(Duration::from_millis(1100)); // past the negative cache
-    let r = get(&format!("{}/v2/f/img/blobs/{d}", bridge.url()));
-    assert_eq!(r.status(), 200);
+    let url = format!("{}/v2/f/img/blobs/{d}", bridge.url());
+    wait_until("served past the negative cache", || {
+        get(&url).status() == 200
+    });
 }
 
 #[test]
@@ -179,7 +192,11 @@ fn rate_limits_pass_on_or_serve_from_cache_and_redirect_loops_end() {
         tag_path,
         vec![Behavior::status(429, &[("Retry-After", "120")])],
     );
-    std::thread::sleep(Duration::from_millis(1200));
+    wait_until("past tag_ttl, the answer is marked stale", || {
+        get(&format!("{u}/v2/f/img/manifests/v1"))
+            .headers()
+            .contains_key("warning")
+    });
     let stale = get(&format!("{u}/v2/f/img/manifests/v1"));
     assert_eq!(stale.status(), 200);
     assert!(stale.headers()["warning"]
@@ -202,7 +219,9 @@ fn rate_limits_pass_on_or_serve_from_cache_and_redirect_loops_end() {
         "/v2/img/manifests/v2",
         vec![Behavior::ok(manifest, mt).with_header("Docker-Content-Digest", &md.to_string())],
     );
-    std::thread::sleep(Duration::from_millis(1100));
+    wait_until("the tag resolves once the limit lifts", || {
+        get(&format!("{u}/v2/f/img/manifests/v2")).status() == 200
+    });
     let lifted = get(&format!("{u}/v2/f/img/manifests/v2"));
     assert_eq!(lifted.status(), 200);
     assert_eq!(lifted.bytes().unwrap().to_vec(), manifest.to_vec());
@@ -217,8 +236,65 @@ fn rate_limits_pass_on_or_serve_from_cache_and_redirect_loops_end() {
         "/v2/img/manifests/loop",
         vec![Behavior::ok(manifest, mt).with_header("Docker-Content-Digest", &md.to_string())],
     );
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(get(&format!("{u}/v2/f/img/manifests/loop")).status(), 200);
+    wait_until("the loop is gone", || {
+        get(&format!("{u}/v2/f/img/manifests/loop")).status() == 200
+    });
+}
+
+/// A stale answer reaches every client of a shared refresh, not only the one whose request
+/// started it: each of the concurrent requests gets the last known manifest with `Warning: 110`,
+/// after one upstream request.
+#[test]
+fn a_stale_answer_reaches_every_follower_of_a_shared_refresh() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[]}"#;
+    let md = chartbridge::ids::Digest::of(manifest);
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    let fake = FaultServer::start();
+    let tag_path = "/v2/img/manifests/v1";
+    let ok = Behavior::ok(manifest, mt).with_header("Docker-Content-Digest", &md.to_string());
+    fake.route(tag_path, vec![ok]);
+    let bridge = bridge_for(
+        &fake,
+        "    retries: 0
+",
+    );
+    let u = bridge.url();
+    assert_eq!(get(&format!("{u}/v2/f/img/manifests/v1")).status(), 200);
+    // the upstream now answers slowly, then with a 503
+    fake.route(
+        tag_path,
+        vec![Behavior::Slow(
+            Duration::from_millis(600),
+            Box::new(Behavior::status(503, &[])),
+        )],
+    );
+    let before = fake.hits(tag_path);
+    std::thread::sleep(Duration::from_millis(1200)); // past tag_ttl
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(10));
+    let handles: Vec<_> = (0..10)
+        .map(|_| {
+            let (url, b) = (format!("{u}/v2/f/img/manifests/v1"), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                let r = get(&url);
+                let warning = r
+                    .headers()
+                    .get("warning")
+                    .map(|v| v.to_str().unwrap().to_string());
+                (r.status().as_u16(), warning, r.bytes().unwrap().to_vec())
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, warning, body) = h.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, manifest.to_vec());
+        assert!(
+            warning.as_deref().is_some_and(|w| w.contains("Stale")),
+            "every client is told: {warning:?}"
+        );
+    }
+    assert_eq!(fake.hits(tag_path) - before, 1, "one shared refresh");
 }
 
 /// A registry whose tag list never ends (every page links to a next one) is read for at most

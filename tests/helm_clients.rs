@@ -70,12 +70,7 @@ fn config_blob_and_layers_match_helm_push() {
     let web = nginx(repo.dir.path());
     let reg = registry();
     let helm = Helm::new("v4.1.4");
-    helm.run(&[
-        "push",
-        repo.path("demo-0.1.0.tgz").to_str().unwrap(),
-        &format!("oci://{}/charts", reg.host()),
-        "--plain-http",
-    ]);
+    helm.push(&repo.path("demo-0.1.0.tgz"), &reg.host(), "charts");
     let bridge = chartbridge(&helm_upstream("charts", &web.url()));
     let accept = "application/vnd.oci.image.manifest.v1+json";
     let pushed: serde_json::Value = client()
@@ -106,12 +101,7 @@ fn oci_urls_in_an_index_are_followed() {
     let charts = ChartRepo::new(&[("demo", "0.1.0")]);
     let reg = registry();
     let helm = Helm::new("v4.1.4");
-    helm.run(&[
-        "push",
-        charts.path("demo-0.1.0.tgz").to_str().unwrap(),
-        &format!("oci://{}/charts", reg.host()),
-        "--plain-http",
-    ]);
+    helm.push(&charts.path("demo-0.1.0.tgz"), &reg.host(), "charts");
     let original = charts.bytes("demo-0.1.0.tgz");
     let digest = chartbridge::ids::Digest::of(&original);
     let site = tempfile::tempdir().unwrap();

@@ -126,12 +126,7 @@ fn every_helm_reads_the_json_index_as_it_reads_the_yaml_one() {
 fn the_index_view_of_oci_charts_is_json_by_default() {
     let repo = ChartRepo::new(&[("demo", "0.1.0")]);
     let reg = registry();
-    Helm::new("v4.1.4").run(&[
-        "push",
-        repo.path("demo-0.1.0.tgz").to_str().unwrap(),
-        &format!("oci://{}/charts", reg.host()),
-        "--plain-http",
-    ]);
+    Helm::new("v4.1.4").push(&repo.path("demo-0.1.0.tgz"), &reg.host(), "charts");
     let ups = format!(
         "{}{}    index_format: yaml\n",
         oci_upstream("j", &reg.url(), ""),

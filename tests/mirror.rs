@@ -1,8 +1,6 @@
 //! The Helm HTTP repository mirror: rewritten index, conditional requests, and serving from
 //! cache when the upstream is gone.
 
-use std::time::Duration;
-
 use chartbridge::convert::index::{parse_index, IndexLimits};
 
 use crate::support::*;
@@ -56,17 +54,24 @@ fn index_refresh_is_conditional_and_the_last_good_copy_survives_an_outage() {
         get(&format!("{u}/v2/up/demo/manifests/0.1.0")).status(),
         200
     );
-    std::thread::sleep(Duration::from_millis(1300));
-    assert_eq!(get(&format!("{u}/up/index.yaml")).status(), 200);
-    let log = std::fs::read_to_string(web.dir.path().join("access.log")).unwrap();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("GET /index.yaml") && l.contains("\" 304 ")),
-        "expected a conditional refresh answered 304:\n{log}"
-    );
+    // past index_ttl, a request revalidates: a conditional GET the upstream answers 304
+    wait_until("a conditional refresh answered 304", || {
+        assert_eq!(get(&format!("{u}/up/index.yaml")).status(), 200);
+        std::fs::read_to_string(web.dir.path().join("access.log"))
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("GET /index.yaml") && l.contains("\" 304 "))
+    });
 
     web.stop();
-    std::thread::sleep(Duration::from_millis(1300));
+    wait_until(
+        "past index_ttl, the last good index is served stale",
+        || {
+            get(&format!("{u}/up/index.yaml"))
+                .headers()
+                .contains_key("warning")
+        },
+    );
     let stale = get(&format!("{u}/up/index.yaml"));
     assert_eq!(
         stale.status(),

@@ -325,12 +325,7 @@ fn provenance_file_becomes_a_layer() {
     // limitation is that client's.
     let reg = registry();
     let h318 = Helm::new("v3.18.0");
-    h318.run(&[
-        "push",
-        repo.path("demo-0.1.0.tgz").to_str().unwrap(),
-        &format!("oci://{}/p", reg.host()),
-        "--plain-http",
-    ]);
+    h318.push(&repo.path("demo-0.1.0.tgz"), &reg.host(), "p");
     let pushed: serde_json::Value = client()
         .get(format!("{}/v2/p/demo/manifests/0.1.0", reg.url()))
         .header("Accept", "application/vnd.oci.image.manifest.v1+json")

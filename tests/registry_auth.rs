@@ -17,12 +17,7 @@ fn push_chart(reg_host: &str, helm: &Helm, repo: &ChartRepo, login: Option<(&str
             "--plain-http",
         ]);
     }
-    helm.run(&[
-        "push",
-        repo.path("demo-0.1.0.tgz").to_str().unwrap(),
-        &format!("oci://{reg_host}/charts"),
-        "--plain-http",
-    ]);
+    helm.push(&repo.path("demo-0.1.0.tgz"), reg_host, "charts");
 }
 
 fn creds_yaml(dir: &std::path::Path, user: &str, pass: &str) -> String {

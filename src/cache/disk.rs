@@ -113,6 +113,183 @@ impl DiskStore {
     }
 }
 
+#[async_trait]
+impl BlobStore for DiskStore {
+    async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
+        let st = self.state.lock().expect("disk state poisoned");
+        Ok(st.entries.get(d).map(|e| e.size))
+    }
+
+    async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
+        match self.read(d).await? {
+            Some(BlobData::File(mut f, size)) => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::with_capacity(size as usize);
+                f.read_to_end(&mut buf).await?;
+                Ok(Some(Bytes::from(buf)))
+            }
+            Some(BlobData::Bytes(b)) => Ok(Some(b)),
+            None => Ok(None),
+        }
+    }
+
+    async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
+        if self.stat(d).await?.is_some() && tokio::fs::try_exists(self.blob_path(d)).await? {
+            return Ok(());
+        }
+        let (dest, tmp_dir, expected) = (self.blob_path(d), self.root.join("tmp"), d.clone());
+        let data = bytes.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let actual = Digest::of(&data);
+            if actual != expected {
+                return Err(digest_mismatch(&expected, &actual));
+            }
+            write_atomic(&tmp_dir, &dest, &data)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("cache write task failed: {e}")))??;
+        admit(
+            &self.root,
+            &self.state,
+            self.max_bytes,
+            d,
+            bytes.len() as u64,
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
+        let Some(size) = self.stat(d).await? else {
+            return Ok(None);
+        };
+        let f = match tokio::fs::File::open(self.blob_path(d)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed behind our back (an operator cleaned the directory): forget it.
+                self.forget(d);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if self.verify_on_read {
+            let std_file = f.try_clone().await?.into_std().await;
+            let expected = d.clone();
+            let ok = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                use std::io::Read;
+                let mut hasher = Sha256::new();
+                let mut r = std::io::BufReader::with_capacity(1 << 20, std_file);
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                Ok(Digest::from_hasher(hasher) == expected)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("verify task failed: {e}")))??;
+            if !ok {
+                self.quarantine(d).await;
+                return Ok(None);
+            }
+        }
+        if self.touch(d) {
+            // Persist recency in the mtime, so LRU order survives a restart.
+            let std_file = f.try_clone().await?.into_std().await;
+            tokio::task::spawn_blocking(move || {
+                let _ = std_file.set_modified(std::time::SystemTime::now());
+            });
+        }
+        let mut f = f;
+        {
+            use tokio::io::AsyncSeekExt;
+            f.seek(std::io::SeekFrom::Start(0)).await?;
+        }
+        Ok(Some(BlobData::File(f, size)))
+    }
+
+    async fn read_range(&self, d: &Digest, start: u64, end: u64) -> Result<Option<Bytes>> {
+        let Some(size) = self.stat(d).await? else {
+            return Ok(None);
+        };
+        let end = end.min(size);
+        if start > end {
+            return Ok(Some(Bytes::new()));
+        }
+        let path = self.blob_path(d);
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(path)?;
+            let mut buf = vec![0u8; (end - start) as usize];
+            f.read_exact_at(&mut buf, start)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("range read task failed: {e}")))?;
+        match read {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget(d);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(&self, d: &Digest) -> Result<()> {
+        self.forget(d);
+        match tokio::fs::remove_file(self.blob_path(d)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<(Digest, u64)>> {
+        let st = self.state.lock().expect("disk state poisoned");
+        let mut all: Vec<(Digest, u64)> = st
+            .entries
+            .iter()
+            .map(|(d, e)| (d.clone(), e.size))
+            .collect();
+        all.sort();
+        Ok(all)
+    }
+
+    /// Never fails for the disk's sake: a temp file that cannot be created (full or read-only
+    /// disk) gives a writer that only hashes, so the blob streams through uncached.
+    async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
+        let mut w = DiskWriter {
+            root: self.root.clone(),
+            max_bytes: self.max_bytes,
+            state: self.state.clone(),
+            digest: d.clone(),
+            tmp: PathBuf::new(),
+            file: None,
+            pending: Vec::with_capacity(WRITE_BATCH),
+            hasher: Sha256::new(),
+            size: 0,
+            verified: false,
+            failed: None,
+        };
+        match tempfile_in(&self.root.join("tmp")) {
+            Ok((tmp, file)) => {
+                w.tmp = tmp;
+                w.file = Some(Arc::new(TempFile {
+                    file,
+                    written: AtomicU64::new(0),
+                }));
+            }
+            Err(e) => w.fail(&format!("cannot create a temp file: {e}")),
+        }
+        Ok(Box::new(w))
+    }
+}
+
 /// Records a new blob, evicts least recently used others to fit the budget, and removes their
 /// files.
 async fn admit(root: &Path, state: &Mutex<State>, max_bytes: u64, d: &Digest, size: u64) {
@@ -378,7 +555,7 @@ pub(super) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `dest` through a fsynced temp file and an atomic rename.
-fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut tmp = tempfile_in(tmp_dir)?;
     tmp.1.write_all(bytes)?;
@@ -432,139 +609,6 @@ fn rename_into(tmp: &Path, dest: &Path) -> std::io::Result<()> {
             std::fs::rename(tmp, dest)
         }
         other => other,
-    }
-}
-
-pub(super) fn write_file_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic(tmp_dir, dest, bytes)
-}
-
-#[async_trait]
-impl BlobStore for DiskStore {
-    async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
-        let st = self.state.lock().expect("disk state poisoned");
-        Ok(st.entries.get(d).map(|e| e.size))
-    }
-
-    async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
-        match self.read(d).await? {
-            Some(BlobData::File(mut f, size)) => {
-                use tokio::io::AsyncReadExt;
-                let mut buf = Vec::with_capacity(size as usize);
-                f.read_to_end(&mut buf).await?;
-                Ok(Some(Bytes::from(buf)))
-            }
-            Some(BlobData::Bytes(b)) => Ok(Some(b)),
-            None => Ok(None),
-        }
-    }
-
-    async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
-        if self.stat(d).await?.is_some() && tokio::fs::try_exists(self.blob_path(d)).await? {
-            return Ok(());
-        }
-        let (dest, tmp_dir, expected) = (self.blob_path(d), self.root.join("tmp"), d.clone());
-        let data = bytes.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let actual = Digest::of(&data);
-            if actual != expected {
-                return Err(digest_mismatch(&expected, &actual));
-            }
-            write_atomic(&tmp_dir, &dest, &data)?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::internal(format!("cache write task failed: {e}")))??;
-        admit(
-            &self.root,
-            &self.state,
-            self.max_bytes,
-            d,
-            bytes.len() as u64,
-        )
-        .await;
-        Ok(())
-    }
-
-    async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
-        let Some(size) = self.stat(d).await? else {
-            return Ok(None);
-        };
-        let f = match tokio::fs::File::open(self.blob_path(d)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Removed behind our back (an operator cleaned the directory): forget it.
-                self.forget(d);
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if self.verify_on_read {
-            let std_file = f.try_clone().await?.into_std().await;
-            let expected = d.clone();
-            let ok = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-                use std::io::Read;
-                let mut hasher = Sha256::new();
-                let mut r = std::io::BufReader::with_capacity(1 << 20, std_file);
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = r.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                }
-                Ok(Digest::from_hasher(hasher) == expected)
-            })
-            .await
-            .map_err(|e| Error::internal(format!("verify task failed: {e}")))??;
-            if !ok {
-                self.quarantine(d).await;
-                return Ok(None);
-            }
-        }
-        if self.touch(d) {
-            // Persist recency in the mtime, so LRU order survives a restart.
-            let std_file = f.try_clone().await?.into_std().await;
-            tokio::task::spawn_blocking(move || {
-                let _ = std_file.set_modified(std::time::SystemTime::now());
-            });
-        }
-        let mut f = f;
-        {
-            use tokio::io::AsyncSeekExt;
-            f.seek(std::io::SeekFrom::Start(0)).await?;
-        }
-        Ok(Some(BlobData::File(f, size)))
-    }
-
-    /// Never fails for the disk's sake: a temp file that cannot be created (full or read-only
-    /// disk) gives a writer that only hashes, so the blob streams through uncached.
-    async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
-        let mut w = DiskWriter {
-            root: self.root.clone(),
-            max_bytes: self.max_bytes,
-            state: self.state.clone(),
-            digest: d.clone(),
-            tmp: PathBuf::new(),
-            file: None,
-            pending: Vec::with_capacity(WRITE_BATCH),
-            hasher: Sha256::new(),
-            size: 0,
-            verified: false,
-            failed: None,
-        };
-        match tempfile_in(&self.root.join("tmp")) {
-            Ok((tmp, file)) => {
-                w.tmp = tmp;
-                w.file = Some(Arc::new(TempFile {
-                    file,
-                    written: AtomicU64::new(0),
-                }));
-            }
-            Err(e) => w.fail(&format!("cannot create a temp file: {e}")),
-        }
-        Ok(Box::new(w))
     }
 }
 

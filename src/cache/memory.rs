@@ -1,14 +1,11 @@
-//! The memory tier: moka, weighted by bytes, bounded by `cache.max_memory_bytes`. Holds only
-//! small blobs (up to 1/16 of the budget each) so one big blob cannot flush everything else.
+//! The memory tier: moka, weighted by bytes, bounded by `cache.max_memory_bytes`, in front of
+//! the blob store (`BlobCache`). Holds only small blobs (up to 1/16 of the budget each) so one
+//! big blob cannot flush everything else. Only bytes already verified (read from a verifying
+//! store, or checked by a write) go in.
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use moka::future::Cache;
 
-use super::BlobData;
-use super::{BlobStore, BlobWrite};
-use crate::error::digest_mismatch;
-use crate::error::Result;
 use crate::ids::Digest;
 
 pub struct MemoryStore {
@@ -32,74 +29,19 @@ impl MemoryStore {
         self.max_item
     }
 
+    pub async fn get(&self, d: &Digest) -> Option<Bytes> {
+        self.cache.get(d).await
+    }
+
+    /// The blob's size, if held.
+    pub async fn stat(&self, d: &Digest) -> Option<u64> {
+        self.cache.get(d).await.map(|b| b.len() as u64)
+    }
+
     /// Inserts bytes already known to match the digest (read from a verified tier).
-    pub(super) async fn insert_verified(&self, d: Digest, bytes: Bytes) {
+    pub async fn insert_verified(&self, d: Digest, bytes: Bytes) {
         if (bytes.len() as u64) <= self.max_item {
             self.cache.insert(d, bytes).await;
         }
-    }
-}
-
-#[async_trait]
-impl BlobStore for MemoryStore {
-    async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
-        Ok(self.cache.get(d).await.map(|b| b.len() as u64))
-    }
-
-    async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
-        Ok(self.cache.get(d).await)
-    }
-
-    async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
-        let actual = Digest::of(&bytes);
-        if &actual != d {
-            return Err(digest_mismatch(d, &actual));
-        }
-        self.insert_verified(d.clone(), bytes).await;
-        Ok(())
-    }
-
-    async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
-        Ok(self.cache.get(d).await.map(BlobData::Bytes))
-    }
-
-    async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
-        Ok(Box::new(MemoryWriter {
-            cache: self.cache.clone(),
-            max_item: self.max_item,
-            digest: d.clone(),
-            buf: Vec::new(),
-        }))
-    }
-}
-
-struct MemoryWriter {
-    cache: Cache<Digest, Bytes>,
-    max_item: u64,
-    digest: Digest,
-    buf: Vec<u8>,
-}
-
-#[async_trait]
-impl BlobWrite for MemoryWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(chunk);
-        Ok(())
-    }
-
-    fn verify(&mut self) -> Result<()> {
-        let actual = Digest::of(&self.buf);
-        if actual != self.digest {
-            return Err(digest_mismatch(&self.digest, &actual));
-        }
-        Ok(())
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.verify()?;
-        if (self.buf.len() as u64) <= self.max_item {
-            self.cache.insert(self.digest, Bytes::from(self.buf)).await;
-        }
-        Ok(())
     }
 }

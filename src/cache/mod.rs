@@ -1,8 +1,17 @@
-//! Caching below the views: a small `BlobStore` trait (stat / get / put) with a memory tier
-//! (moka, weighted by bytes) and a content-addressed disk tier, the two-tier `BlobCache` in
-//! front of them, `Flight` (one upstream fetch per key, however many callers), `Tee` (readers
-//! following a blob while it is written), `RefStore` (small named values listed by prefix, so a
-//! restart finds what it built before) and `Links` (which repository may name which digest).
+//! Caching below the resolvers. `Cache` (read_through) is the one API they use: named values,
+//! whole and streamed blobs, and derived values, read through memory and the stores to the
+//! upstream fetch a resolver supplies, once for all concurrent callers, with negative answers
+//! and stale copies. Beneath it:
+//! - `BlobStore`, the trait every blob backend implements (stat / get / read / read_range /
+//!   put / begin a verified streaming write / delete / list), with `DiskStore` (content-
+//!   addressed files, LRU within `max_disk_bytes`, verify-on-read) and one conformance test;
+//! - `RefStore`, the trait for small named values listed by prefix (`DiskRefs`), with its own
+//!   conformance test;
+//! - `MemoryStore`, the memory tier: a layer in front of the blob store (`BlobCache`), not a
+//!   store of its own;
+//! - `Links` (which repository may name which digest), `Flight` (single-flight) and `Tee`
+//!   (readers following a blob while it is written).
+//!
 //! Calls nothing above it; knows nothing of HTTP or upstreams.
 
 mod disk;
@@ -52,8 +61,8 @@ impl BlobData {
     }
 }
 
-/// Content-addressed blob storage. `put` verifies that the bytes hash to the digest and refuses
-/// them otherwise, so no store ever holds a blob under the wrong name.
+/// Content-addressed blob storage. `put` and `begin` verify that the bytes hash to the digest
+/// and refuse them otherwise, so no store ever holds a blob under the wrong name.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
     /// The blob's size, if present.
@@ -64,8 +73,14 @@ pub trait BlobStore: Send + Sync {
     async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
     /// The blob for serving: bytes, or an open file for big blobs on disk.
     async fn read(&self, digest: &Digest) -> Result<Option<BlobData>>;
+    /// Bytes `start..end` of the blob (cut at its end), if present.
+    async fn read_range(&self, digest: &Digest, start: u64, end: u64) -> Result<Option<Bytes>>;
     /// Starts a streaming write of a blob expected to hash to `digest`.
     async fn begin(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>>;
+    /// Removes a blob; removing an absent one is not an error.
+    async fn delete(&self, digest: &Digest) -> Result<()>;
+    /// Every blob held, with its size, in digest order (eviction and export walk it).
+    async fn list(&self) -> Result<Vec<(Digest, u64)>>;
 }
 
 /// A blob being written in chunks. Nothing is visible under the digest until `commit`, which
@@ -106,14 +121,14 @@ impl BlobCache {
     }
 
     pub async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
-        if let Some(n) = self.memory.stat(d).await? {
+        if let Some(n) = self.memory.stat(d).await {
             return Ok(Some(n));
         }
         self.disk.stat(d).await
     }
 
     pub async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
-        if let Some(b) = self.memory.get(d).await? {
+        if let Some(b) = self.memory.get(d).await {
             crate::metrics::cache_lookup("memory", true);
             return Ok(Some(b));
         }
@@ -128,7 +143,7 @@ impl BlobCache {
 
     /// The blob for serving: small blobs as bytes (promoted to memory), big ones as a file.
     pub async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
-        if let Some(b) = self.memory.get(d).await? {
+        if let Some(b) = self.memory.get(d).await {
             crate::metrics::cache_lookup("memory", true);
             return Ok(Some(BlobData::Bytes(b)));
         }
@@ -170,58 +185,82 @@ impl BlobCache {
     }
 }
 
+/// The conformance test every `BlobStore` passes.
 #[cfg(test)]
-mod conformance {
-    //! One conformance test that every `BlobStore` passes.
+pub(crate) async fn conformance(store: &dyn BlobStore) {
+    let data = Bytes::from_static(b"hello chart");
+    let d = Digest::of(&data);
+    assert_eq!(store.stat(&d).await.unwrap(), None);
+    assert_eq!(store.get(&d).await.unwrap(), None);
+    assert_eq!(store.read_range(&d, 0, 1).await.unwrap(), None);
+    store.put(&d, data.clone()).await.unwrap();
+    assert_eq!(store.stat(&d).await.unwrap(), Some(data.len() as u64));
+    assert_eq!(store.get(&d).await.unwrap(), Some(data.clone()));
+    assert_eq!(
+        store.read_range(&d, 6, 100).await.unwrap().unwrap(),
+        &b"chart"[..]
+    );
+    // idempotent
+    store.put(&d, data.clone()).await.unwrap();
+    // wrong bytes under a digest are refused and never stored
+    let other = Digest::of(b"other");
+    assert!(store.put(&other, data.clone()).await.is_err());
+    assert_eq!(store.get(&other).await.unwrap(), None);
+    // streaming writes: verified at commit, invisible before, abandoned when dropped
+    let big = Bytes::from(vec![7u8; 100_000]);
+    let bd = Digest::of(&big);
+    let mut w = store.begin(&bd).await.unwrap();
+    w.write(&big[..50_000]).await.unwrap();
+    assert_eq!(store.stat(&bd).await.unwrap(), None);
+    w.write(&big[50_000..]).await.unwrap();
+    w.commit().await.unwrap();
+    let read = store.read(&bd).await.unwrap().unwrap();
+    assert_eq!(read.len(), 100_000);
+    let mut w = store.begin(&other).await.unwrap();
+    w.write(b"not other").await.unwrap();
+    assert!(w.commit().await.is_err());
+    assert_eq!(store.stat(&other).await.unwrap(), None);
+    let mut w = store.begin(&other).await.unwrap();
+    w.write(b"other").await.unwrap();
+    drop(w);
+    assert_eq!(store.stat(&other).await.unwrap(), None);
+    // listing and deleting
+    let mut expected = vec![(d.clone(), data.len() as u64), (bd.clone(), 100_000)];
+    expected.sort();
+    assert_eq!(store.list().await.unwrap(), expected);
+    store.delete(&d).await.unwrap();
+    store.delete(&d).await.unwrap();
+    assert_eq!(store.stat(&d).await.unwrap(), None);
+    assert_eq!(store.list().await.unwrap(), vec![(bd, 100_000)]);
+}
+
+#[cfg(test)]
+mod conformance_tests {
     use super::*;
-
-    pub async fn check(store: &dyn BlobStore) {
-        let data = Bytes::from_static(b"hello chart");
-        let d = Digest::of(&data);
-        assert_eq!(store.stat(&d).await.unwrap(), None);
-        assert_eq!(store.get(&d).await.unwrap(), None);
-        store.put(&d, data.clone()).await.unwrap();
-        assert_eq!(store.stat(&d).await.unwrap(), Some(data.len() as u64));
-        assert_eq!(store.get(&d).await.unwrap(), Some(data.clone()));
-        // idempotent
-        store.put(&d, data.clone()).await.unwrap();
-        // wrong bytes under a digest are refused and never stored
-        let other = Digest::of(b"other");
-        assert!(store.put(&other, data.clone()).await.is_err());
-        assert_eq!(store.get(&other).await.unwrap(), None);
-        // streaming writes: verified at commit, invisible before, abandoned when dropped
-        let big = Bytes::from(vec![7u8; 100_000]);
-        let bd = Digest::of(&big);
-        let mut w = store.begin(&bd).await.unwrap();
-        w.write(&big[..50_000]).await.unwrap();
-        assert_eq!(store.stat(&bd).await.unwrap(), None);
-        w.write(&big[50_000..]).await.unwrap();
-        w.commit().await.unwrap();
-        let read = store.read(&bd).await.unwrap().unwrap();
-        assert_eq!(read.len(), 100_000);
-        let mut w = store.begin(&other).await.unwrap();
-        w.write(b"not other").await.unwrap();
-        assert!(w.commit().await.is_err());
-        assert_eq!(store.stat(&other).await.unwrap(), None);
-        let mut w = store.begin(&other).await.unwrap();
-        w.write(b"other").await.unwrap();
-        drop(w);
-        assert_eq!(store.stat(&other).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn memory_store_conforms() {
-        check(&MemoryStore::new(16 << 20)).await;
-    }
 
     #[tokio::test]
     async fn disk_store_conforms() {
         let dir = tempfile::tempdir().unwrap();
-        check(&DiskStore::open(dir.path(), 1 << 20).await.unwrap()).await;
+        conformance(&DiskStore::open(dir.path(), 1 << 20).await.unwrap()).await;
         // nothing left behind in tmp/ by the abandoned and refused writes
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_tier_keeps_small_blobs_only() {
+        let m = MemoryStore::new(16 << 10);
+        let small = Bytes::from(vec![1u8; 100]);
+        let big = Bytes::from(vec![2u8; 2 << 10]);
+        m.insert_verified(Digest::of(&small), small.clone()).await;
+        m.insert_verified(Digest::of(&big), big.clone()).await;
+        assert_eq!(m.get(&Digest::of(&small)).await, Some(small));
+        assert_eq!(
+            m.get(&Digest::of(&big)).await,
+            None,
+            "over 1/16 of the budget"
         );
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::disk::{ensure_dir, write_file_atomic};
+use super::disk::{ensure_dir, write_atomic};
 use crate::error::{Error, Result};
 use crate::ids::Digest;
 
@@ -190,7 +190,7 @@ impl RefStore for DiskRefs {
             // A deleted cache directory is recreated rather than failing every write after.
             ensure_dir(parent)?;
             ensure_dir(&tmp)?;
-            write_file_atomic(&tmp, &dest, &value)
+            write_atomic(&tmp, &dest, &value)
         })
         .await
         .map_err(|e| Error::internal(format!("ref write failed: {e}")))??;

@@ -1,6 +1,6 @@
 //! Chart versions and OCI tags: Helm's lenient semver, the `+` <-> `_` tag mapping, tag ->
 //! version resolution (with `v`-prefix tolerance) and the synthesised `latest`.
-//! Pure functions; calls nothing outside `ids`.
+//! Pure functions over strings (the `semver` crate for ordering); no I/O.
 
 use std::cmp::Ordering;
 

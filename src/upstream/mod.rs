@@ -1,7 +1,9 @@
-//! The only outbound HTTP: one reqwest client (rustls, follows redirects, and drops
-//! `Authorization` when a redirect leaves the host). Plain GETs with conditional headers and a
-//! byte cap here; registries (Docker token flow, Basic, credentials) in `registry`.
-//! Knows nothing of caches, routes or views.
+//! The only outbound HTTP: one reqwest client per upstream (rustls, follows redirects, drops
+//! `Authorization` when a redirect leaves the host) acting on that upstream's `policy::Policy`
+//! (timeouts, retries, offline). Plain GETs with conditional headers and a byte cap here; the
+//! SSRF boundary in `guard`; registries (Docker token flow, Basic, credentials) in `registry`.
+//! Calls only `policy`, `ids` and `error`: knows nothing of caches, conversions, routes or
+//! views.
 
 use std::time::Duration;
 
@@ -254,6 +256,7 @@ pub(crate) async fn read_capped(resp: reqwest::Response, url: &Url, max: u64) ->
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             Error::upstream_unavailable(format!("{}: body failed mid-way: {e}", redact(url)))
+                .with_source(e)
         })?;
         if (buf.len() + chunk.len()) as u64 > max {
             return Err(too_big(url, max));
@@ -281,7 +284,7 @@ pub(crate) fn unreachable_err(url: &Url, e: reqwest::Error) -> Error {
         msg.push_str(&format!(": {s}"));
         source = s.source();
     }
-    Error::upstream_unavailable(msg)
+    Error::upstream_unavailable(msg).with_source(e)
 }
 
 /// The guard's own error inside a reqwest error chain, if that is why the request failed.

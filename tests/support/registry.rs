@@ -1,0 +1,121 @@
+//! CNCF distribution (Debian's `docker-registry`): anonymous, behind htpasswd, behind a token
+//! realm (`tests/peers/token_server.py`), and the push API.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::*;
+
+/// CNCF distribution (Debian's docker-registry), anonymous.
+pub fn registry() -> Proc {
+    registry_with(|_| String::new())
+}
+
+/// CNCF distribution with an `auth:` section made from its own temp dir.
+pub fn registry_with(auth: impl FnOnce(&Path) -> String) -> Proc {
+    let bin = require("/usr/bin/docker-registry");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let auth = auth(dir.path());
+    let conf = format!(
+        "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\n\
+         storage: {{filesystem: {{rootdirectory: {}/data}}, delete: {{enabled: true}}}}\n\
+         http: {{addr: 127.0.0.1:{port}}}\n{auth}",
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("config.yml"), conf).unwrap();
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "docker-registry");
+    Proc { child, port, dir }
+}
+
+pub fn oci_upstream(name: &str, url: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    kind: oci\n    url: {url}\n    tag_ttl: 1s\n{extra}")
+}
+
+/// A registry that wants Basic credentials (htpasswd, bcrypt).
+pub fn registry_htpasswd(user: &str, pass: &str) -> Proc {
+    registry_with(|dir| {
+        let out = Command::new(require("/usr/bin/htpasswd"))
+            .args(["-Bbn", user, pass])
+            .output()
+            .unwrap();
+        std::fs::write(dir.join("htpasswd"), out.stdout).unwrap();
+        format!(
+            "auth: {{htpasswd: {{realm: basic-realm, path: {}/htpasswd}}}}\n",
+            dir.display()
+        )
+    })
+}
+
+/// The test token realm (`tests/peers/token_server.py`) and a registry trusting it.
+pub fn registry_token(user: &str, pass: &str, anonymous: bool) -> (Proc, Proc) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cert = dir.path().join("root.crt");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/token_server.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(user)
+        .arg(pass);
+    if anonymous {
+        cmd.arg("--anonymous");
+    }
+    let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
+    let child = cmd.stdout(log).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_port(port, "token server");
+    let realm = Proc { child, port, dir };
+    let cert_path = cert.display().to_string();
+    let reg = registry_with(move |_| {
+        format!(
+            "auth: {{token: {{realm: http://127.0.0.1:{port}/token, service: test-registry, \
+             issuer: test-issuer, rootcertbundle: {cert_path}}}}}\n"
+        )
+    });
+    (realm, reg)
+}
+
+/// How many token requests the realm has answered.
+pub fn token_requests(realm: &Proc) -> usize {
+    std::fs::read_to_string(realm.dir.path().join("requests.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("/token"))
+        .count()
+}
+
+/// Uploads `bytes` as a blob of `repo` to a registry with the distribution push API (a
+/// monolithic upload), returning its digest.
+pub fn push_blob(reg: &Proc, repo: &str, bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let d = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+    let c = client();
+    let r = c
+        .post(format!("{}/v2/{repo}/blobs/uploads/", reg.url()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202, "upload session");
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{}{loc}", reg.url())
+    };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{loc}{sep}digest={d}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "blob upload");
+    d
+}
