@@ -39,6 +39,9 @@ pub struct IndexContent {
     /// Each chart's tag list, computed on first use (a busy tags/list would otherwise parse
     /// and sort every version on every request).
     tag_lists: Mutex<HashMap<String, Arc<Vec<String>>>>,
+    /// Manifests already served for (chart, tag) from this content (and linked), so a warm
+    /// manifest by tag is one lookup; bounded by `MANIFEST_MEMO`.
+    manifests: Mutex<HashMap<(String, String), TagManifest>>,
     /// Heap bytes held, counted against `cache.max_index_memory_bytes`.
     heap: u64,
 }
@@ -103,6 +106,16 @@ pub struct Located {
 struct OciChart {
     chart: Bytes,
     prov: Option<Bytes>,
+}
+
+/// Manifests remembered per index content (each about a kilobyte).
+const MANIFEST_MEMO: usize = 4096;
+
+/// A manifest served for a tag, and whether the tag was a synthesised `latest`.
+#[derive(Clone)]
+pub struct TagManifest {
+    pub manifest: ServedManifest,
+    pub synthesized_latest: bool,
 }
 
 /// What the index says a tag resolves to.
@@ -344,6 +357,7 @@ impl HelmUpstream {
                 etag: format!("\"{}\"", Digest::of(&served).hex()),
                 served,
                 tag_lists: Mutex::default(),
+                manifests: Mutex::default(),
                 heap,
             }))
         })
@@ -682,6 +696,32 @@ impl HelmUpstream {
             media_type: OCI_MANIFEST.to_string(),
         };
         self.link_manifest(&at.chart, &m).await;
+        Ok(m)
+    }
+
+    /// The manifest a tag names in one index snapshot: resolved, located and built (or
+    /// remembered) once; later requests for the same tag of the same content are one lookup.
+    pub async fn manifest_for_tag(
+        self: &Arc<Self>,
+        state: &IndexContent,
+        chart: &str,
+        tag: &Tag,
+    ) -> Result<TagManifest> {
+        let key = (chart.to_string(), tag.as_str().to_string());
+        if let Some(m) = state.manifests.lock().expect("manifest memo").get(&key) {
+            return Ok(m.clone());
+        }
+        let resolved = Self::resolve(state, chart, tag)?;
+        let at = self.locate(state, chart, &resolved.version)?;
+        let m = TagManifest {
+            manifest: self.manifest(&at).await?,
+            synthesized_latest: resolved.synthesized_latest,
+        };
+        let mut memo = state.manifests.lock().expect("manifest memo");
+        if memo.len() >= MANIFEST_MEMO {
+            memo.clear();
+        }
+        memo.insert(key, m.clone());
         Ok(m)
     }
 

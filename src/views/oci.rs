@@ -104,17 +104,14 @@ pub async fn manifest(
             Source::Helm(up) => match reference {
                 Reference::Tag(tag) => {
                     // One index snapshot for the whole request.
-                    let chart = chart(repo)?;
                     let index = up.index().await?;
-                    let resolved = HelmUpstream::resolve(&index.value, chart, tag)?;
-                    if resolved.synthesized_latest {
+                    let m = up.manifest_for_tag(&index.value, chart(repo)?, tag).await?;
+                    if m.synthesized_latest {
                         crate::metrics::latest_synthesized();
                     }
-                    let at = up.locate(&index.value, chart, &resolved.version)?;
-                    let stale = index.stale;
                     Served {
-                        value: up.manifest(&at).await?,
-                        stale,
+                        value: m.manifest,
+                        stale: index.stale,
                     }
                 }
                 Reference::Digest(d) => {
