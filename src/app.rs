@@ -78,6 +78,35 @@ impl App {
         &self.started
     }
 
+    /// The upstream named `name`, as configured now.
+    pub fn source(&self, name: &str) -> Option<Source> {
+        let live = self.live.load();
+        live.upstreams
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Every configured upstream, in configuration order.
+    pub fn sources(&self) -> Vec<Source> {
+        let live = self.live.load();
+        live.config
+            .upstreams
+            .iter()
+            .filter_map(|u| live.upstreams.get(&u.name).cloned())
+            .collect()
+    }
+
+    /// The `warm:` list of the configuration in force now, if it has one.
+    pub fn warm_list(&self) -> Option<crate::airgap::list::WarmList> {
+        self.live.load().config.warm.clone()
+    }
+
+    /// The shared read-through cache.
+    pub fn cache(&self) -> &Arc<crate::cache::Cache> {
+        &self.stores.cache
+    }
+
     /// The limits in force now (a reload may change them).
     pub fn limits(&self) -> crate::config::Limits {
         self.live.load().config.limits

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::airgap::list::WarmList;
 use crate::convert::index::IndexFormat;
 use crate::ids::UpstreamName;
 pub use crate::policy::Credentials;
@@ -43,6 +44,9 @@ pub struct RawConfig {
     /// How mirrored indexes are written: `json` (default: Helm reads it several times faster)
     /// or `yaml`. Per upstream too.
     pub index_format: Option<String>,
+    /// A warm list (as in `chartbridge warm`), fetched in the background at start and after
+    /// each reload.
+    pub warm: Option<WarmList>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -258,6 +262,7 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
     pub default_upstream: Option<UpstreamName>,
+    pub warm: Option<WarmList>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,7 +327,16 @@ impl Config {
             }
             None => None,
         };
+        if let Some(w) = &raw.warm {
+            w.check().map_err(|e| err(format!("warm.{e}")))?;
+            for u in &w.upstreams {
+                if !upstreams.iter().any(|x| x.name.as_str() == u.name) {
+                    return Err(err(format!("warm: no upstream named {:?}", u.name)));
+                }
+            }
+        }
         Ok(Config {
+            warm: raw.warm,
             shutdown_grace,
             listen,
             metrics_listen,

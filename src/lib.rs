@@ -58,6 +58,7 @@
 //! so replicas and bundles agree without coordination.
 
 pub mod access;
+pub mod airgap;
 pub mod app;
 pub mod cache;
 pub mod config;

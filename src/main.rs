@@ -1,10 +1,15 @@
-//! The `chartbridge` command: `serve` and `check-config`. The only place that uses anyhow.
+//! The `chartbridge` command: `serve`, `check-config`, and the air-gap commands `warm`,
+//! `export` and `import`. The only place that uses anyhow.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use chartbridge::airgap::bundle::{export, import, ExportOptions};
+use chartbridge::airgap::list::WarmList;
+use chartbridge::airgap::warm::human_bytes;
+use chartbridge::app::App;
 use chartbridge::config::Config;
 
 #[derive(Parser)]
@@ -39,6 +44,46 @@ enum Command {
     },
     /// Validate a configuration file and exit (status 1 with the reason when it is invalid).
     CheckConfig { file: PathBuf },
+    /// Fetch everything a warm list names into the cache (status 1 when anything failed).
+    Warm {
+        #[arg(long)]
+        config: PathBuf,
+        /// The warm list (see config/warm.example.yaml).
+        list: PathBuf,
+    },
+    /// Write the cache out as an OCI image layout: a .tar file, or a directory.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// The bundle to write (`.tar` for a tar, anything else for a directory).
+        #[arg(long)]
+        out: PathBuf,
+        /// An earlier bundle: leave out what it holds (the new one is imported on top of it).
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// Only this upstream (repeatable).
+        #[arg(long = "upstream")]
+        upstreams: Vec<String>,
+        /// Only this chart, `chart` or `upstream/chart` (repeatable).
+        #[arg(long = "chart")]
+        charts: Vec<String>,
+        /// Only this image repository, `repo` or `upstream/repo` (repeatable).
+        #[arg(long = "image")]
+        images: Vec<String>,
+    },
+    /// Verify a bundle whole, then load it into the cache (run it while `serve` is stopped).
+    Import {
+        #[arg(long)]
+        config: PathBuf,
+        bundle: PathBuf,
+    },
+}
+
+/// A runtime for the commands that are not the server.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn load(path: &PathBuf) -> anyhow::Result<Config> {
@@ -56,7 +101,82 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
+        Command::Warm { config, list } => {
+            let c = load(&config)?;
+            let text = std::fs::read_to_string(&list)
+                .with_context(|| format!("cannot read {}", list.display()))?;
+            let list = WarmList::from_yaml(&text, &list.display().to_string())
+                .map_err(anyhow::Error::msg)?;
+            let summary = runtime()?.block_on(async {
+                let app = App::new(c).await?;
+                let summary = chartbridge::airgap::warm::warm(&app, &list).await;
+                app.cache().flush().await;
+                anyhow::Ok(summary)
+            })?;
+            print!("{summary}");
+            if !summary.failed.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Export {
+            config,
+            out,
+            since,
+            upstreams,
+            charts,
+            images,
+        } => {
+            let c = load(&config)?;
+            let opts = ExportOptions {
+                out: out.clone(),
+                since,
+                upstreams,
+                charts,
+                images,
+            };
+            let started = std::time::Instant::now();
+            let r = runtime()?.block_on(async {
+                let app = App::new(c).await?;
+                anyhow::Ok(export(&app, &opts).await?)
+            })?;
+            println!(
+                "export: {} manifests, {} blobs ({}) written to {}, {} left out (in the base); bundle {} in {:.1} s",
+                r.manifests,
+                r.blobs,
+                human_bytes(r.bytes),
+                out.display(),
+                r.skipped,
+                r.id,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Import { config, bundle } => {
+            let c = load(&config)?;
+            let started = std::time::Instant::now();
+            let r = runtime()?.block_on(async {
+                let app = App::new(c).await?;
+                let report = import(&app, &bundle).await;
+                app.cache().flush().await;
+                anyhow::Ok(report?)
+            })?;
+            println!(
+                "import: bundle {} verified and loaded: {} manifests, {} new blobs ({}), {} already cached, in {:.1} s",
+                r.id,
+                r.manifests,
+                r.blobs,
+                human_bytes(r.bytes),
+                r.present,
+                started.elapsed().as_secs_f64()
+            );
+            for s in &r.skipped {
+                println!("  skipped (no such upstream here): {s}");
+            }
+            Ok(())
+        }
         Command::CheckConfig { file } => {
             let c = load(&file)?;
             println!("{}: ok ({} upstreams)", file.display(), c.upstreams.len());
@@ -70,7 +190,6 @@ fn main() -> anyhow::Result<()> {
             if let Some(l) = listen {
                 c.listen = l;
             }
-            let _ = rustls::crypto::ring::default_provider().install_default();
             // The app is built on a short-lived runtime; pingora then runs its own.
             let app = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -86,7 +205,14 @@ fn main() -> anyhow::Result<()> {
                     Ok(c)
                 }) as chartbridge::server::Reloader
             });
-            chartbridge::server::run(app, reload)
+            // A `warm:` list in the configuration is fetched in the background at start and
+            // after every accepted reload.
+            let after: chartbridge::server::AfterLoad = Box::new(|app| {
+                if let Some(list) = app.warm_list() {
+                    chartbridge::airgap::warm::in_background(app.clone(), list);
+                }
+            });
+            chartbridge::server::run(app, reload, Some(after))
         }
     }
 }

@@ -333,10 +333,18 @@ fn abort(why: String) -> Box<pingora::Error> {
 /// overrides), or says why it cannot.
 pub type Reloader = Box<dyn Fn() -> std::result::Result<crate::config::Config, String> + Send>;
 
+/// Runs after the configuration was loaded (at start, and after each accepted reload): the
+/// command line uses it to warm the cache from the configuration's `warm:` list.
+pub type AfterLoad = Box<dyn Fn(&Arc<App>) + Send>;
+
 /// On SIGHUP, reloads the upstreams through `reload` (see `App::reload`), logging and counting
 /// the outcome; a refused reload keeps the running configuration. The handler is installed
 /// before this returns, so a SIGHUP never falls to the default action (exit).
-fn reload_on_sighup(app: Arc<App>, reload: Option<Reloader>) -> std::io::Result<()> {
+fn reload_on_sighup(
+    app: Arc<App>,
+    reload: Option<Reloader>,
+    after: Option<AfterLoad>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -356,7 +364,12 @@ fn reload_on_sighup(app: Arc<App>, reload: Option<Reloader>) -> std::io::Result<
                     };
                     crate::metrics::config_reload(outcome.is_ok());
                     match outcome {
-                        Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+                        Ok(summary) => {
+                            tracing::info!(%summary, "configuration reloaded");
+                            if let Some(after) = &after {
+                                after(&app);
+                            }
+                        }
                         Err(error) => tracing::error!(%error, "configuration not reloaded"),
                     }
                 }
@@ -365,8 +378,9 @@ fn reload_on_sighup(app: Arc<App>, reload: Option<Reloader>) -> std::io::Result<
     Ok(())
 }
 
-/// Runs the server until a signal stops it (SIGHUP reloads through `reload`). Never returns.
-pub fn run(app: App, reload: Option<Reloader>) -> ! {
+/// Runs the server until a signal stops it (SIGHUP reloads through `reload`, then calls
+/// `after`, which also runs once at start). Never returns.
+pub fn run(app: App, reload: Option<Reloader>, after: Option<AfterLoad>) -> ! {
     let listen = app.config().listen.to_string();
     let conf = ServerConf {
         threads: std::thread::available_parallelism()
@@ -382,7 +396,10 @@ pub fn run(app: App, reload: Option<Reloader>) -> ! {
     server.bootstrap();
     let metrics_listen = app.config().metrics_listen;
     let app = Arc::new(app);
-    if let Err(e) = reload_on_sighup(app.clone(), reload) {
+    if let Some(after) = &after {
+        after(&app);
+    }
+    if let Err(e) = reload_on_sighup(app.clone(), reload, after) {
         tracing::error!(error = %e, "cannot watch SIGHUP; configuration reload is off");
     }
     // Descriptors beyond connections: cache files, upstream connections, the listeners.

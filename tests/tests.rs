@@ -5,6 +5,7 @@
 mod support;
 
 mod access;
+mod airgap;
 mod cli;
 mod containerd;
 mod deploy;

@@ -260,6 +260,35 @@ impl BlobStore for DiskStore {
         Ok(all)
     }
 
+    async fn put_file(&self, d: &Digest, path: &Path) -> Result<()> {
+        if self.stat(d).await?.is_some() && tokio::fs::try_exists(self.blob_path(d)).await? {
+            let _ = tokio::fs::remove_file(path).await;
+            return Ok(());
+        }
+        let (src, dest) = (path.to_path_buf(), self.blob_path(d));
+        let size = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let f = std::fs::File::open(&src)?;
+            f.sync_all()?;
+            let size = f.metadata()?.len();
+            drop(f);
+            rename_into(&src, &dest)?;
+            if let Some(parent) = dest.parent() {
+                if let Ok(dir) = std::fs::File::open(parent) {
+                    let _ = dir.sync_all();
+                }
+            }
+            Ok(size)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("import task failed: {e}")))??;
+        admit(&self.root, &self.state, self.max_bytes, d, size).await;
+        Ok(())
+    }
+
+    fn usage(&self) -> (u64, u64) {
+        (self.used_bytes(), self.max_bytes)
+    }
+
     /// Never fails for the disk's sake: a temp file that cannot be created (full or read-only
     /// disk) gives a writer that only hashes, so the blob streams through uncached.
     async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {

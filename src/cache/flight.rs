@@ -51,6 +51,12 @@ where
         self.start(key, work).1.await
     }
 
+    /// The run in flight for `key`, if any (to wait for its end without starting one).
+    pub fn running(&self, key: &K) -> Option<SharedResult<V>> {
+        let map = self.inflight.lock().expect("flight map poisoned");
+        map.get(key).map(|e| e.shared.clone())
+    }
+
     /// Starts `work` for `key` (or joins the run in flight) without waiting: returns whether
     /// this call started it, and a future of the shared result. The run finishes, and leaves
     /// the map, whether or not anyone awaits it.

@@ -18,8 +18,12 @@ const MEMORY_LINKS: u64 = 500_000;
 
 pub struct Links {
     refs: Arc<dyn RefStore>,
+    background: super::Background,
     /// sha256 of the link's name: a fixed-size key, and no collision can grant access.
     known: moka::sync::Cache<Digest, ()>,
+    /// Manifests whose references this process has linked (a manifest may be linked first as
+    /// the child of an index, before its own references are known).
+    expanded: moka::sync::Cache<Digest, ()>,
 }
 
 /// The ref name of one link.
@@ -37,10 +41,14 @@ fn key(name: &RefName) -> Digest {
 }
 
 impl Links {
-    pub fn new(refs: Arc<dyn RefStore>) -> Links {
+    pub fn new(refs: Arc<dyn RefStore>, background: super::Background) -> Links {
         Links {
             refs,
+            background,
             known: moka::sync::Cache::builder()
+                .max_capacity(MEMORY_LINKS)
+                .build(),
+            expanded: moka::sync::Cache::builder()
                 .max_capacity(MEMORY_LINKS)
                 .build(),
         }
@@ -74,7 +82,7 @@ impl Links {
         }
         self.known.insert(k, ());
         let refs = self.refs.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if matches!(refs.get(&name).await, Ok(Some(_))) {
                 return;
             }
@@ -85,15 +93,19 @@ impl Links {
         true
     }
 
-    /// Links `upstream`/`repo` to `d` and, when that is news, to every descriptor the manifest
-    /// `bytes` references (config, layers, child manifests of an index, artifact blobs).
+    /// Links `upstream`/`repo` to `d` and to every descriptor the manifest `bytes` references
+    /// (config, layers, child manifests of an index, artifact blobs); the references once per
+    /// manifest and process.
     pub async fn add_manifest(&self, upstream: &str, repo: &str, d: &Digest, bytes: &[u8]) {
-        if !self.add(upstream, repo, d).await {
+        self.add(upstream, repo, d).await;
+        let k = key(&link_name(upstream, repo, d));
+        if self.expanded.contains_key(&k) {
             return;
         }
         for child in referenced(bytes) {
             self.add(upstream, repo, &child).await;
         }
+        self.expanded.insert(k, ());
     }
 }
 
@@ -134,7 +146,7 @@ mod tests {
     async fn links_are_per_repository_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let refs: Arc<dyn RefStore> = Arc::new(DiskRefs::open(dir.path()).unwrap());
-        let links = Links::new(refs.clone());
+        let links = Links::new(refs.clone(), crate::cache::Background::default());
         let (layer, config) = (Digest::of(b"layer"), Digest::of(b"config"));
         let manifest = format!(
             r#"{{"schemaVersion":2,"config":{{"digest":"{config}"}},"layers":[{{"digest":"{layer}"}}]}}"#
@@ -149,7 +161,7 @@ mod tests {
             assert!(!links.has("other", "a/b", d).await, "another upstream");
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let again = Links::new(refs.clone());
+        let again = Links::new(refs.clone(), crate::cache::Background::default());
         assert!(again.has("up", "a/b", &layer).await, "persisted");
         let listed = refs.list(&repo_links("up", "a/b")).await.unwrap();
         assert_eq!(listed.len(), 3);

@@ -14,6 +14,7 @@
 //!
 //! Calls nothing above it; knows nothing of HTTP or upstreams.
 
+mod background;
 mod disk;
 mod flight;
 mod links;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use background::Background;
 pub use disk::DiskStore;
 pub use disk::DiskWriter;
 pub use flight::Flight;
@@ -81,6 +83,11 @@ pub trait BlobStore: Send + Sync {
     async fn delete(&self, digest: &Digest) -> Result<()>;
     /// Every blob held, with its size, in digest order (eviction and export walk it).
     async fn list(&self) -> Result<Vec<(Digest, u64)>>;
+    /// Stores a local file whose bytes were already checked to hash to `digest` (an import's
+    /// staged copy), moving it into place where the store can; the file is gone afterwards.
+    async fn put_file(&self, digest: &Digest, path: &std::path::Path) -> Result<()>;
+    /// Bytes held and the most this store may hold.
+    fn usage(&self) -> (u64, u64);
 }
 
 /// A blob being written in chunks. Nothing is visible under the digest until `commit`, which
@@ -118,6 +125,11 @@ pub struct BlobCache {
 impl BlobCache {
     pub fn new(memory: MemoryStore, disk: Arc<dyn BlobStore>) -> BlobCache {
         BlobCache { memory, disk }
+    }
+
+    /// The store behind the memory tier.
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.disk
     }
 
     pub async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
@@ -224,6 +236,15 @@ pub(crate) async fn conformance(store: &dyn BlobStore) {
     w.write(b"other").await.unwrap();
     drop(w);
     assert_eq!(store.stat(&other).await.unwrap(), None);
+    // a staged file moves in
+    let staged = std::env::temp_dir().join(format!("cb-conformance-{}", std::process::id()));
+    std::fs::write(&staged, b"staged bytes").unwrap();
+    let sd = Digest::of(b"staged bytes");
+    store.put_file(&sd, &staged).await.unwrap();
+    assert!(!staged.exists());
+    assert_eq!(store.get(&sd).await.unwrap().unwrap(), &b"staged bytes"[..]);
+    store.delete(&sd).await.unwrap();
+    assert!(store.usage().0 >= data.len() as u64 + 100_000);
     // listing and deleting
     let mut expected = vec![(d.clone(), data.len() as u64), (bd.clone(), 100_000)];
     expected.sort();

@@ -199,6 +199,8 @@ struct DerivedEntry {
 
 pub struct Cache {
     blobs: BlobCache,
+    /// Ref writes off the answer's path (`flush` waits for them).
+    background: super::Background,
     refs: Arc<dyn RefStore>,
     links: Links,
     settings: Settings,
@@ -221,9 +223,11 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(blobs: BlobCache, refs: Arc<dyn RefStore>, settings: Settings) -> Cache {
+        let background = super::Background::default();
         Cache {
             blobs,
-            links: Links::new(refs.clone()),
+            links: Links::new(refs.clone(), background.clone()),
+            background,
             refs,
             values: moka::future::Cache::builder()
                 .max_capacity(MEMORY_VALUES)
@@ -261,6 +265,12 @@ impl Cache {
 
     pub fn links(&self) -> &Links {
         &self.links
+    }
+
+    /// Waits for every write made off an answer's path so far (refs, links, media types):
+    /// what a command that is about to exit calls.
+    pub async fn flush(&self) {
+        self.background.flush().await
     }
 
     pub fn refs(&self) -> &Arc<dyn RefStore> {
@@ -310,11 +320,12 @@ impl Cache {
         if let Some(e) = self.failed(&failure_key) {
             return Err(e);
         }
-        let (refs, values, backoff, failures) = (
+        let (refs, values, backoff, failures, background) = (
             self.refs.clone(),
             self.values.clone(),
             self.backoff.clone(),
             self.failures.clone(),
+            self.background.clone(),
         );
         let n = name.clone();
         let served = self
@@ -342,7 +353,7 @@ impl Cache {
                             // Persisted off the answer's path: this process has it in memory;
                             // a failed write costs a restart one upstream request.
                             let (refs, n, v) = (refs.clone(), n.clone(), v.clone());
-                            tokio::spawn(async move {
+                            background.spawn(async move {
                                 if let Err(e) = refs.put(&n, &v).await {
                                     tracing::warn!(r#ref = %n, error = %e, "not persisted; a restart will ask the upstream again");
                                 }
@@ -439,9 +450,34 @@ impl Cache {
         Ok(self.blobs.stat(d).await?.is_some())
     }
 
+    /// A blob's size, if the stores hold it.
+    pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+        self.blobs.stat(d).await
+    }
+
     /// A blob's bytes from the stores.
     pub async fn cached_bytes(&self, d: &Digest) -> Result<Option<Bytes>> {
         self.blobs.get(d).await
+    }
+
+    /// Every blob the store holds, with its size.
+    pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        self.blobs.store().list().await
+    }
+
+    /// A blob for reading out (export): bytes, or an open file.
+    pub async fn read_blob(&self, d: &Digest) -> Result<Option<BlobData>> {
+        self.blobs.store().read(d).await
+    }
+
+    /// Stores a staged file already verified to hash to `d` (import).
+    pub async fn import_blob(&self, d: &Digest, path: &std::path::Path) -> Result<()> {
+        self.blobs.store().put_file(d, path).await
+    }
+
+    /// Bytes the blob store holds, and the most it may hold.
+    pub fn blob_usage(&self) -> (u64, u64) {
+        self.blobs.store().usage()
     }
 
     /// Stores bytes known to hash to `d` (built here, such as a synthesised manifest).
@@ -544,7 +580,7 @@ impl Cache {
         this.values
             .insert(media_type_name(&d), Stamped::new(Bytes::from(mt.clone())))
             .await;
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if let Err(e) = this.refs.put(&media_type_name(&d), mt.as_bytes()).await {
                 tracing::warn!(digest = %d, error = %e, "media type not persisted");
             }
@@ -679,6 +715,15 @@ impl Cache {
             "blob {} was fetched but could not be cached",
             key.digest
         )))
+    }
+
+    /// Waits for the streamed fetch of `key` (if one runs) to end, durable commit included:
+    /// its readers are answered before the commit, a command about to exit must not be.
+    pub async fn settled(&self, key: &BlobKey) -> Result<()> {
+        match self.stream_flight.running(key) {
+            Some(run) => run.await,
+            None => Ok(()),
+        }
     }
 
     /// A reader of the fetch in flight for `key`, for the whole blob or a range of it.

@@ -158,6 +158,35 @@ impl HelmUpstream {
         self.config.name.as_str()
     }
 
+    /// The shared cache this upstream reads through.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    fn manifest_name(&self, at: &Located) -> RefName {
+        RefName::new([
+            "manifest",
+            self.name(),
+            &at.chart,
+            &at.version,
+            &at.index_digest,
+        ])
+    }
+
+    /// Whether the manifest of this chart version was built before and is still stored.
+    pub async fn manifest_known(&self, at: &Located) -> bool {
+        let Some(v) = self.cache.known_value(&self.manifest_name(at)).await else {
+            return false;
+        };
+        let d = std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse::<Digest>().ok());
+        match d {
+            Some(d) => self.cache.has_blob(&d).await.unwrap_or(false),
+            None => false,
+        }
+    }
+
     fn meta_name(&self) -> RefName {
         RefName::new(["index", self.name()])
     }
@@ -657,13 +686,7 @@ impl HelmUpstream {
     /// mirror serves the same bytes; rebuilt, to the same bytes, if the store let it go.
     pub async fn manifest(self: &Arc<Self>, at: &Located) -> Result<ServedManifest> {
         // Keyed by the index digest too: a republished archive gets its own manifest.
-        let name = RefName::new([
-            "manifest",
-            self.name(),
-            &at.chart,
-            &at.version,
-            &at.index_digest,
-        ]);
+        let name = self.manifest_name(at);
         let (this, at2) = (self.clone(), at.clone());
         let d = self
             .cache
@@ -757,6 +780,123 @@ impl HelmUpstream {
             .put_blob(&art.manifest_digest, art.manifest.clone())
             .await?;
         Ok(art)
+    }
+
+    // ------------------------------------------------------------- air gap (export, import)
+
+    /// The chart manifests built here before: (chart, version, manifest digest), for export.
+    pub async fn built_manifests(&self) -> Result<Vec<(String, String, Digest)>> {
+        let mut out = Vec::new();
+        for name in self
+            .cache
+            .refs()
+            .list(&RefName::new(["manifest", self.name()]))
+            .await?
+        {
+            let p = name.parts();
+            let Some(v) = self.cache.known_value(&name).await else {
+                continue;
+            };
+            if let (Some(d), [_, _, chart, version, _]) = (
+                std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse::<Digest>().ok()),
+                p,
+            ) {
+                out.push((chart.clone(), version.clone(), d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last good index with only the given chart versions left in it (the index a bundle
+    /// carries: an air-gapped mirror lists exactly what it can serve), as YAML.
+    pub async fn index_for_export(
+        &self,
+        keep: &std::collections::BTreeSet<(String, String)>,
+    ) -> Result<Vec<u8>> {
+        let raw = self
+            .cache
+            .refs()
+            .get(&self.raw_name())
+            .await?
+            .ok_or_else(|| Error::internal(format!("no index of {} is cached", self.name())))?;
+        let mut index = parse_index(
+            &raw,
+            IndexLimits {
+                max_bytes: usize::MAX,
+                ..IndexLimits::default()
+            },
+        )?;
+        for (chart, versions) in index.entries.iter_mut() {
+            versions.retain(|v| keep.contains(&(chart.clone(), v.version.clone())));
+        }
+        index.entries.retain(|_, v| !v.is_empty());
+        Ok(crate::convert::index::render(
+            &index,
+            crate::convert::index::IndexFormat::Yaml,
+        ))
+    }
+
+    /// Installs an index from a bundle as this upstream's last good copy (without validators,
+    /// so the first refresh once online fetches the whole index again).
+    pub async fn install_index(&self, raw: bytes::Bytes) -> Result<Arc<IndexContent>> {
+        let content = self.build_content(raw.clone()).await?;
+        let meta = IndexMeta {
+            digest: Digest::of(&raw).hex().to_string(),
+            etag: None,
+            last_modified: None,
+        };
+        self.cache.refs().put(&self.raw_name(), &raw).await?;
+        self.cache.put_value(&self.meta_name(), meta.encode()).await;
+        let heap = content.heap;
+        self.cache
+            .put_derived(self.content_key(&meta), content.clone(), heap);
+        Ok(content)
+    }
+
+    /// Installs a chart manifest from a bundle: the refs that let this upstream serve it
+    /// (manifest by version, provenance, the archive's digest) and the links.
+    pub async fn install_chart(
+        &self,
+        content: &IndexContent,
+        chart: &str,
+        version: &str,
+        manifest: &ServedManifest,
+    ) -> Result<()> {
+        let at = self.locate(content, chart, version)?;
+        let layers = chart_layers(&manifest.bytes).ok_or_else(|| {
+            Error::upstream_invalid(format!("{chart} {version}: not a chart manifest"))
+        })?;
+        if at.digest.as_ref().is_some_and(|d| d != &layers.chart) {
+            return Err(Error::upstream_invalid(format!(
+                "{chart} {version}: the manifest's chart layer does not match the index digest"
+            )));
+        }
+        self.cache
+            .put_value(
+                &self.manifest_name(&at),
+                bytes::Bytes::from(manifest.digest.to_string()),
+            )
+            .await;
+        if let Some(p) = &layers.prov {
+            self.cache
+                .put_value(
+                    &RefName::new(["prov", self.name(), chart, version]),
+                    bytes::Bytes::from(p.to_string()),
+                )
+                .await;
+        }
+        if at.digest.is_none() {
+            self.cache
+                .put_value(
+                    &RefName::new(["archive-digest", self.name(), &at.url]),
+                    bytes::Bytes::from(layers.chart.to_string()),
+                )
+                .await;
+        }
+        self.link_manifest(chart, manifest).await;
+        Ok(())
     }
 
     /// Links the chart's repository to a manifest built for it and to everything it names

@@ -82,6 +82,11 @@ impl OciUpstream {
         self.config.name.as_str()
     }
 
+    /// The shared cache this upstream reads through.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
     /// The repository name upstream: Docker Hub keeps official images under `library/`.
     pub fn upstream_repo(&self, repo: &RepoName) -> String {
         if self.config.is_docker_hub() && !repo.as_str().contains('/') {
@@ -410,6 +415,72 @@ impl OciUpstream {
             self.cache.remember_failure(key, e);
         }
         answer
+    }
+
+    // ------------------------------------------------------------- air gap (export, import)
+
+    /// The tags resolved here before: (repository upstream, tag, digest), for export.
+    pub async fn resolved_tags(&self) -> Result<Vec<(String, String, Digest)>> {
+        let mut out = Vec::new();
+        for name in self
+            .cache
+            .refs()
+            .list(&RefName::new(["tag", self.name()]))
+            .await?
+        {
+            let Some(v) = self.cache.known_value(&name).await else {
+                continue;
+            };
+            let d = std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.trim().parse::<Digest>().ok());
+            if let (Some(d), [_, _, repo, tag]) = (d, name.parts()) {
+                out.push((repo.clone(), tag.clone(), d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `latest` resolves to among `tags` under this upstream's policy (`None`: passed
+    /// through, or nothing stable).
+    pub fn synthesized_latest(&self, tags: &[String]) -> Option<String> {
+        self.latest_target(tags)
+    }
+
+    /// Installs a bundle's manifest for a tag (upstream repository name): the tag, the
+    /// manifest's media type, and links from the repository to it and what it references.
+    pub async fn install_tag(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        d: &Digest,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<()> {
+        self.cache
+            .put_manifest(d, bytes.clone(), media_type)
+            .await?;
+        if let Some(t) = tag {
+            self.cache
+                .put_value(
+                    &self.ref_name("tag", &[repo, t]),
+                    Bytes::from(d.to_string()),
+                )
+                .await;
+        }
+        self.cache
+            .links()
+            .add_manifest(self.name(), repo, d, &bytes)
+            .await;
+        Ok(())
+    }
+
+    /// Installs a repository's tag list from a bundle (the tags it carries).
+    pub async fn install_tags(&self, repo: &str, tags: &[String]) {
+        let json = serde_json::to_vec(tags).unwrap_or_default();
+        self.cache
+            .put_value(&self.ref_name("tags", &[repo]), Bytes::from(json))
+            .await;
     }
 
     /// `GET /v2/<name>/referrers/<digest>`: passed through (not cached: it changes as artifacts

@@ -13,22 +13,52 @@ pub fn registry() -> Proc {
 
 /// CNCF distribution with an `auth:` section made from its own temp dir.
 pub fn registry_with(auth: impl FnOnce(&Path) -> String) -> Proc {
+    start_registry(auth, false)
+}
+
+/// CNCF distribution, anonymous, with its access log in `access.log` (see `registry_gets`).
+pub fn registry_logged() -> Proc {
+    start_registry(|_| String::new(), true)
+}
+
+/// How many GETs of paths containing `needle` a `registry_logged` registry has answered.
+pub fn registry_gets(reg: &Proc, needle: &str) -> usize {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::fs::read_to_string(reg.dir.path().join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/") && l.contains(needle))
+        .count()
+}
+
+fn start_registry(auth: impl FnOnce(&Path) -> String, logged: bool) -> Proc {
     let bin = require("/usr/bin/docker-registry");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let auth = auth(dir.path());
+    let log = if logged {
+        "{level: warn, accesslog: {disabled: false}}"
+    } else {
+        "{level: warn, accesslog: {disabled: true}}"
+    };
     let conf = format!(
-        "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\n\
+        "version: 0.1\nlog: {log}\n\
          storage: {{filesystem: {{rootdirectory: {}/data}}, delete: {{enabled: true}}}}\n\
          http: {{addr: 127.0.0.1:{port}}}\n{auth}",
         dir.path().display()
     );
     std::fs::write(dir.path().join("config.yml"), conf).unwrap();
+    let (out, err) = if logged {
+        let f = std::fs::File::create(dir.path().join("access.log")).unwrap();
+        (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+    } else {
+        (Stdio::null(), Stdio::null())
+    };
     let child = Command::new(bin)
         .arg("serve")
         .arg(dir.path().join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out)
+        .stderr(err)
         .spawn()
         .unwrap();
     wait_for_port(port, "docker-registry");

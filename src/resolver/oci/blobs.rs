@@ -71,6 +71,12 @@ impl OciUpstream {
         })
     }
 
+    /// Waits until a cold fetch of `d` for `repo` (if one runs) is stored.
+    pub async fn settled(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        let up = self.upstream_repo(repo);
+        self.cache.settled(&BlobKey::new(self.name(), &up, d)).await
+    }
+
     /// Requires `repo` to hold the cached blob `d`: linked before, or confirmed now by the
     /// upstream (a HEAD), which then links it. Anything else is `BLOB_UNKNOWN` (or the
     /// upstream's error), exactly as if the blob were not cached here.
