@@ -42,6 +42,12 @@
 //!   offline mode (`mod`), the SSRF `guard` (public hosts on 80/443 or `allow_hosts`, the
 //!   upstream's own host on its own port, no private addresses; checked on URLs, redirects and
 //!   DNS), and `registry` (Bearer/Basic auth, token cache).
+//! - `airgap`: beside the request path, driven by `main`'s subcommands and by `server` (the
+//!   config's `warm:` list at start and after a reload): `list` (the warm list and its pure
+//!   selections), `warm` (fetches through the resolvers, so it verifies and caches exactly as
+//!   `serve` does), `bundle` (export the cache as an OCI image layout, tar or directory,
+//!   streaming `BlobStore::list`/`RefStore::list`; import it back, staged and verified whole
+//!   before anything becomes visible).
 //! - `config`: YAML config in two stages (`RawConfig` -> validated `Config`), embedded default.
 //! - `policy`: how an upstream is reached (timeouts, retries, offline, SSRF allowances,
 //!   credentials): data shared by `config` and `upstream`, which do not import each other.
@@ -52,8 +58,7 @@
 //! - `error`: the domain error (kind, message, source; no HTTP status).
 //!
 //! Room left for what comes next: a shared S3-compatible store is another `BlobStore` and
-//! `RefStore` implementation under the same `Cache`; cache warming goes through the resolvers;
-//! OCI-layout export and import walk `BlobStore::list` and `RefStore::list`; every derived
+//! `RefStore` implementation under the same `Cache`; every derived
 //! artifact (manifests, config blobs, rewritten indexes) is a pure function of upstream bytes,
 //! so replicas and bundles agree without coordination.
 

@@ -523,6 +523,32 @@ wait
             b.append(&h, &b"hi"[..]).unwrap();
             b.finish().unwrap();
         }
+        let raw_entry = |file: &str, name: &[u8], kind: tar::EntryType| {
+            let p = w.join(file);
+            let mut b = tar::Builder::new(std::fs::File::create(&p).unwrap());
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_entry_type(kind);
+            h.set_size(if kind == tar::EntryType::Regular {
+                2
+            } else {
+                0
+            });
+            h.set_mode(0o644);
+            h.set_cksum();
+            let body: &[u8] = if kind == tar::EntryType::Regular {
+                b"hi"
+            } else {
+                b""
+            };
+            b.append(&h, body).unwrap();
+            b.finish().unwrap();
+            p
+        };
+        let absolute = raw_entry("absolute.tar", b"/etc/evil", tar::EntryType::Regular);
+        let hard = raw_entry("hard.tar", b"blobs/sha256/h", tar::EntryType::Link);
+        let device = raw_entry("device.tar", b"blobs/sha256/d", tar::EntryType::Char);
+        let stray = raw_entry("stray.tar", b"notes.txt", tar::EntryType::Regular);
         let link = w.join("link.tar");
         {
             let mut b = tar::Builder::new(std::fs::File::create(&link).unwrap());
@@ -548,7 +574,7 @@ wait
                 "neither in the bundle nor in the cache",
                 true,
             ),
-            ("a truncated tar", truncated, "", true),
+            ("a truncated tar", truncated, "truncated", true),
             (
                 "a path leaving the bundle",
                 escape,
@@ -556,6 +582,10 @@ wait
                 true,
             ),
             ("a symbolic link", link, "regular files only", true),
+            ("an absolute path", absolute, "leaves the bundle", true),
+            ("a hard link", hard, "regular files only", true),
+            ("a device", device, "regular files only", true),
+            ("a file outside the layout", stray, "unexpected path", true),
         ]
     };
     for (i, (what, bundle, needle, always)) in tampered.iter().enumerate() {
@@ -745,6 +775,36 @@ fn an_incremental_bundle_holds_only_new_blobs_and_needs_its_base() {
         demo.join("index.json").exists() && demo.join("oci-layout").exists(),
         "a directory layout"
     );
+
+    // a cache too small for it: refused with the bytes needed and available, nothing stored
+    let small = w.join("small.yaml");
+    std::fs::write(
+        &small,
+        format!(
+            "listen: 127.0.0.1:{}\ncache:\n  dir: {}\n  max_disk_bytes: 64\noffline: true\nupstreams:\n\
+             \x20 - {{name: charts, kind: helm, url: 'http://127.0.0.1:9/'}}\n",
+            free_port(),
+            w.join("small").display()
+        ),
+    )
+    .unwrap();
+    let out = cli(&[
+        "import",
+        "--config",
+        small.to_str().unwrap(),
+        b1.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("needs") && text(&out).contains("are available"),
+        "names needed and available bytes: {}",
+        text(&out)
+    );
+    let kept: Vec<_> = snapshot(&w.join("small"))
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("/sha256/"))
+        .collect();
+    assert!(kept.is_empty(), "nothing imported: {kept:?}");
 
     // alone, it is refused, naming its base
     let alone = site_config(

@@ -298,18 +298,26 @@ pub fn chart_images(annotation: &str) -> Result<Vec<String>, String> {
 /// without a registry is Docker Hub's (`docker.io`).
 pub fn split_image(image: &str) -> Result<(String, String, String), String> {
     let bad = || format!("{image:?} is not an image reference");
+    // `name:tag@digest` pins the digest; the tag is only a label then
+    let untag = |n: &str| match n.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
+        _ => (n.to_string(), version::LATEST.to_string()),
+    };
     let (name, reference) = match image.split_once('@') {
-        Some((n, d)) => (n, d.to_string()),
-        None => match image.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n, t.to_string()),
-            _ => (image, version::LATEST.to_string()),
-        },
+        Some((n, d)) => (untag(n).0, d.to_string()),
+        None => untag(image),
     };
     let (host, repo) = match name.split_once('/') {
         Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => {
             (h.to_string(), r.to_string())
         }
-        _ => ("docker.io".to_string(), name.to_string()),
+        _ => ("docker.io".to_string(), name.clone()),
+    };
+    // Docker Hub's official images live under library/
+    let repo = if matches!(host.as_str(), "docker.io" | "index.docker.io") && !repo.contains('/') {
+        format!("library/{repo}")
+    } else {
+        repo
     };
     if repo.is_empty() || reference.is_empty() {
         return Err(bad());
@@ -320,6 +328,17 @@ pub fn split_image(image: &str) -> Result<(String, String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let list = WarmList::from_yaml(
+            include_str!("../../config/warm.example.yaml"),
+            "warm.example.yaml",
+        )
+        .unwrap();
+        assert_eq!(list.upstreams.len(), 2);
+        assert!(list.upstreams[0].charts[1].images);
+    }
 
     const VERSIONS: [&str; 7] = [
         "2.0.0-rc.1",
@@ -405,7 +424,7 @@ mod tests {
         );
         assert_eq!(
             split_image("nginx").unwrap(),
-            ("docker.io".into(), "nginx".into(), "latest".into())
+            ("docker.io".into(), "library/nginx".into(), "latest".into())
         );
         assert_eq!(
             split_image("127.0.0.1:5000/test/app:v1").unwrap(),
@@ -413,6 +432,15 @@ mod tests {
         );
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(split_image(&format!("ghcr.io/x/y@{d}")).unwrap().2, d);
+        assert_eq!(
+            split_image(&format!("bitnami/redis:7.2@{d}")).unwrap(),
+            ("docker.io".into(), "bitnami/redis".into(), d.clone())
+        );
+        assert_eq!(
+            split_image("docker.io/nginx:1.25").unwrap().1,
+            "library/nginx",
+            "an official image named with its registry"
+        );
         let images = chart_images("- name: controller\n  image: quay.io/metallb/controller:v0.14.8\n- name: speaker\n  image: quay.io/metallb/speaker:v0.14.8\n  whitelisted: true\n").unwrap();
         assert_eq!(images.len(), 2);
     }
