@@ -198,13 +198,17 @@ def wrk_median(url, **kw):
 
 
 def timed(cmd, env=None):
+    """(seconds, max RSS in KiB) of a command that must succeed. The RSS comes from GNU time,
+    not from our own wait4: a child's ru_maxrss counts the address space it was forked with,
+    so measured from this Python process it would report at least Python's own peak."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, ru = os.wait4(p.pid, 0)
+    p = subprocess.run(["/usr/bin/time", "-f", "maxrss %M"] + cmd, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, env=env)
     took = time.perf_counter() - t
-    if status != 0:
-        raise SystemExit(f"{cmd} failed: {p.stderr.read().decode()}")
-    return took, ru.ru_maxrss  # seconds, KiB
+    err = p.stderr.decode(errors="replace")
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd} failed: {err}")
+    return took, int(re.findall(r"^maxrss (\d+)$", err, re.M)[-1])  # seconds, KiB
 
 
 # ---------------------------------------------------------------- the run

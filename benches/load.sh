@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The scripted load run: installs its tools (wrk, nginx, docker-registry, skopeo, helm), builds
+# The scripted load run: installs its tools (wrk, GNU time, nginx, docker-registry, skopeo, helm), builds
 # the release binary, and runs benches/load.py, which writes benches/RESULTS.md.
 # RUNS=3 DURATION=4s by default; e.g. RUNS=5 DURATION=10s benches/load.sh for steadier figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
-if ! command -v wrk >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+for tool in wrk:wrk /usr/bin/time:time; do
+  if ! command -v "${tool%%:*}" >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+  fi
+done
 cargo build --release --locked
+# ONLY=airgap runs benches/airgap.py (warm, export, import) instead, writing RESULTS-airgap.md
+if [ "${ONLY:-}" = airgap ]; then exec python3 benches/airgap.py; fi
 exec python3 benches/load.py
