@@ -706,6 +706,27 @@ fn an_incremental_bundle_holds_only_new_blobs_and_needs_its_base() {
     ])
     .status
     .success());
+    // what cannot be warmed is named, the rest still warmed, and the exit status says so
+    let bad = w.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "upstreams:\n  - name: charts\n    charts:\n      - {chart: nosuch, version: latest}\n\
+         \x20     - {chart: demo, version: \">=9\"}\n      - {chart: demo, version: \"0.1.0\"}\n\
+         \x20 - name: elsewhere\n    charts:\n      - {chart: x, newest: 1}\n",
+    )
+    .unwrap();
+    let out = cli(&["warm", "--config", cfg_s, bad.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    for needle in [
+        "3 failed",
+        "charts/nosuch: no such chart upstream",
+        "charts/demo: no version matches",
+        "elsewhere: no upstream of that name is configured",
+        "1 already cached",
+    ] {
+        assert!(text(&out).contains(needle), "{needle}: {}", text(&out));
+    }
+
     let b1 = w.join("b1.tar");
     assert!(
         cli(&["export", "--config", cfg_s, "--out", b1.to_str().unwrap()])

@@ -22,9 +22,12 @@ use crate::resolver::{HelmUpstream, OciUpstream, Source};
 /// What a warm run did.
 #[derive(Debug, Default)]
 pub struct Summary {
+    /// Everything the list named: cached + fetched + failed.
     pub items: usize,
     /// Items whose every blob was in the cache already.
     pub cached: usize,
+    /// Items that needed something from an upstream.
+    pub fetched: usize,
     /// Bytes fetched from upstreams.
     pub bytes: u64,
     /// (item, why)
@@ -40,7 +43,7 @@ impl std::fmt::Display for Summary {
             "warm: {} items, {} already cached, {} fetched ({}), {} failed",
             self.items,
             self.cached,
-            self.items - self.cached - self.failed.len(),
+            self.fetched,
             human_bytes(self.bytes),
             self.failed.len()
         )?;
@@ -247,6 +250,8 @@ pub async fn warm(app: &App, list: &WarmList) -> Summary {
     run(image_items, list.concurrency(), &progress, &mut summary).await;
     progress.finish();
     summary.bytes = progress.bytes.load(Ordering::Relaxed);
+    // failures include selectors and images that never became an item
+    summary.items = summary.cached + summary.fetched + summary.failed.len();
     summary
 }
 
@@ -271,11 +276,12 @@ async fn run(
         .await;
     let mut images = Vec::new();
     for (name, r) in results {
-        summary.items += 1;
         match r {
             Ok(o) => {
                 if o.cached {
                     summary.cached += 1;
+                } else {
+                    summary.fetched += 1;
                 }
                 images.extend(o.images);
             }
