@@ -18,6 +18,9 @@ command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 command -v unshare >/dev/null || need_apt+=(util-linux)
+# TLS tests: curl (HTTP/2, client certificates) and openssl (an RSA key)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_apt[*]}; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2

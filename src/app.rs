@@ -122,6 +122,14 @@ impl App {
         if new.listen != s.listen {
             fixed.push("listen");
         }
+        let tls = |c: &Config| {
+            c.listen_tls
+                .as_ref()
+                .map(|t| (t.addr, t.client_ca_file.is_some()))
+        };
+        if tls(&new) != tls(s) {
+            fixed.push("listen_tls.addr or whether listen_tls.client_ca_file is set");
+        }
         if new.metrics_listen != s.metrics_listen {
             fixed.push("metrics_listen");
         }

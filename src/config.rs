@@ -23,9 +23,12 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../config/chartbridge.yaml");
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// Address to listen on. Default `127.0.0.1:5000`.
+    /// Plain HTTP address to listen on. Default `127.0.0.1:5000`, unless `listen_tls` is given
+    /// (then there is no plain listener unless this names one).
     #[serde(default)]
     pub listen: Option<String>,
+    /// A TLS listener.
+    pub listen_tls: Option<RawListenTls>,
     /// Optional second listener serving only `/metrics`, `/healthz` and `/readyz`.
     pub metrics_listen: Option<String>,
     /// How long SIGTERM lets in-flight requests finish. Default `10s`.
@@ -47,6 +50,18 @@ pub struct RawConfig {
     /// A warm list (as in `chartbridge warm`), fetched in the background at start and after
     /// each reload.
     pub warm: Option<WarmList>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenTls {
+    pub addr: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// PEM CA certificates; when set, clients must present a certificate chaining to one.
+    pub client_ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,13 +271,25 @@ pub struct Limits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub shutdown_grace: Duration,
-    pub listen: SocketAddr,
+    /// The plain HTTP listener, if any (there is always this or `listen_tls`).
+    pub listen: Option<SocketAddr>,
+    pub listen_tls: Option<ListenTls>,
     pub metrics_listen: Option<SocketAddr>,
     pub cache: CacheConfig,
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
     pub default_upstream: Option<UpstreamName>,
     pub warm: Option<WarmList>,
+}
+
+/// The TLS listener: where, and the certificate material read and checked from its files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenTls {
+    pub addr: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    pub material: std::sync::Arc<crate::tls::Material>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,12 +315,26 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:5000");
-        let listen: SocketAddr = listen.parse().map_err(|_| {
-            err(format!(
-                "listen: {listen:?} is not an address like 127.0.0.1:5000"
-            ))
-        })?;
+        let listen_tls = raw.listen_tls.as_ref().map(validate_tls).transpose()?;
+        let listen = match (raw.listen.as_deref(), &listen_tls) {
+            (Some(l), _) => Some(l),
+            (None, None) => Some("127.0.0.1:5000"),
+            (None, Some(_)) => None,
+        };
+        let listen: Option<SocketAddr> = listen
+            .map(|l| {
+                l.parse().map_err(|_| {
+                    err(format!(
+                        "listen: {l:?} is not an address like 127.0.0.1:5000"
+                    ))
+                })
+            })
+            .transpose()?;
+        if let (Some(l), Some(t)) = (listen, &listen_tls) {
+            if l == t.addr {
+                return Err(err(format!("listen and listen_tls.addr are both {l}")));
+            }
+        }
         let metrics_listen = match raw.metrics_listen.as_deref() {
             Some(m) => Some(m.parse().map_err(|_| {
                 err(format!(
@@ -339,6 +380,7 @@ impl Config {
             warm: raw.warm,
             shutdown_grace,
             listen,
+            listen_tls,
             metrics_listen,
             cache: validate_cache(&raw.cache)?,
             limits: validate_limits(&raw.limits)?,
@@ -377,6 +419,26 @@ fn index_format(
             IndexFormat::parse(s).ok_or_else(|| err(format!("{key}: {s:?} is not json or yaml")))
         }
     }
+}
+
+fn validate_tls(t: &RawListenTls) -> Result<ListenTls, ConfigError> {
+    let addr: SocketAddr = t.addr.parse().map_err(|_| {
+        err(format!(
+            "listen_tls.addr: {:?} is not an address like 0.0.0.0:5443",
+            t.addr
+        ))
+    })?;
+    let (cert_file, key_file) = (PathBuf::from(&t.cert_file), PathBuf::from(&t.key_file));
+    let client_ca_file = t.client_ca_file.as_ref().map(PathBuf::from);
+    let material = crate::tls::load(&cert_file, &key_file, client_ca_file.as_deref())
+        .map_err(|e| err(format!("listen_tls.{e}")))?;
+    Ok(ListenTls {
+        addr,
+        cert_file,
+        key_file,
+        client_ca_file,
+        material: std::sync::Arc::new(material),
+    })
 }
 
 fn validate_cache(c: &RawCache) -> Result<CacheConfig, ConfigError> {
@@ -619,9 +681,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn listen_tls_alone_means_no_plain_listener() {
+        let d = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (d.path().join("c.pem"), d.path().join("k.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let tls = format!(
+            "listen_tls:\n  addr: 127.0.0.1:5443\n  cert_file: {}\n  key_file: {}\n",
+            c.display(),
+            k.display()
+        );
+        let only = Config::from_yaml(&tls, "t").unwrap();
+        assert_eq!(only.listen, None);
+        assert_eq!(only.listen_tls.unwrap().addr.port(), 5443);
+        let both = Config::from_yaml(&format!("listen: 127.0.0.1:5000\n{tls}"), "t").unwrap();
+        assert_eq!(both.listen.unwrap().port(), 5000);
+        let e = Config::from_yaml(&format!("listen: 127.0.0.1:5443\n{tls}"), "t").unwrap_err();
+        assert!(e.to_string().contains("both"), "{e}");
+        let e = Config::from_yaml(&format!("{tls}  keyfile: x\n"), "t").unwrap_err();
+        assert!(e.to_string().contains("keyfile"), "{e}");
+        let e = Config::from_yaml(&tls.replace("c.pem", "missing.pem"), "t").unwrap_err();
+        assert!(e.to_string().contains("listen_tls.cert_file"), "{e}");
+    }
+
+    #[test]
     fn embedded_default_and_example_are_valid() {
         let c = Config::embedded_default();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:5000");
         assert!(c.upstreams.iter().any(|u| u.name.as_str() == "metallb"));
         assert!(c
             .upstreams

@@ -9,7 +9,11 @@
 //!   method, path, query and the few headers the views use to `app`, writes the response back
 //!   (whole, from a file, or streamed from a channel). Listeners, write buffer, connection
 //!   limits (open connections, request-head deadline, keep-alive, pipelining, open-file
-//!   limit), SIGTERM grace, SIGHUP reload.
+//!   limit), SIGTERM grace, SIGHUP reload (configuration and TLS pair together). Plain and TLS
+//!   listeners (ALPN h2/http1.1) share one service.
+//! - `tls`: the listener's certificate pair and optional client CA, read from PEM files and
+//!   checked when the configuration loads; `Certificates` hands the current pair to each
+//!   handshake, so a reload swaps it without touching open connections.
 //! - `app`: builds the cache and the upstreams from the `Config` (the upstreams again, swapped
 //!   in whole, on reload); turns a request into a typed `route::Route` (parsed once, at the
 //!   edge), picks the upstream (`?ns=`, path prefix, `default_upstream`), checks `access`,
@@ -76,5 +80,6 @@ pub mod policy;
 pub mod resolver;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod views;

@@ -188,7 +188,7 @@ fn main() -> anyhow::Result<()> {
                 None => Config::embedded_default(),
             };
             if let Some(l) = listen {
-                c.listen = l;
+                c.listen = Some(l);
             }
             // The app is built on a short-lived runtime; pingora then runs its own.
             let app = tokio::runtime::Builder::new_current_thread()
@@ -200,7 +200,7 @@ fn main() -> anyhow::Result<()> {
                 Box::new(move || {
                     let mut c = load(&p).map_err(|e| format!("{e:#}"))?;
                     if let Some(l) = listen {
-                        c.listen = l;
+                        c.listen = Some(l);
                     }
                     Ok(c)
                 }) as chartbridge::server::Reloader

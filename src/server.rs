@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::http::ResponseHeader;
+use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_READ_BUFFER_SIZE};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
@@ -344,6 +345,7 @@ fn reload_on_sighup(
     app: Arc<App>,
     reload: Option<Reloader>,
     after: Option<AfterLoad>,
+    certs: Option<Arc<crate::tls::Certificates>>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -358,9 +360,22 @@ fn reload_on_sighup(
         .spawn(move || {
             rt.block_on(async move {
                 while hup.recv().await.is_some() {
+                    // Reading the file checks the TLS pair too: one that does not parse or
+                    // match refuses the whole reload, and the running pair stays.
                     let outcome = match &reload {
                         None => Err("no --config file to read: the embedded default configuration cannot change".to_string()),
-                        Some(read) => read().and_then(|c| app.reload(c).map_err(|e| e.to_string())),
+                        Some(read) => read().and_then(|c| {
+                            let material = c.listen_tls.as_ref().map(|t| t.material.clone());
+                            let summary = app.reload(c).map_err(|e| e.to_string())?;
+                            match (&certs, material) {
+                                (Some(certs), Some(m)) => {
+                                    let serial = m.serial.clone();
+                                    certs.install(m)?;
+                                    Ok(format!("{summary}; TLS certificate serial {serial}"))
+                                }
+                                _ => Ok(summary),
+                            }
+                        }),
                     };
                     crate::metrics::config_reload(outcome.is_ok());
                     match outcome {
@@ -381,7 +396,6 @@ fn reload_on_sighup(
 /// Runs the server until a signal stops it (SIGHUP reloads through `reload`, then calls
 /// `after`, which also runs once at start). Never returns.
 pub fn run(app: App, reload: Option<Reloader>, after: Option<AfterLoad>) -> ! {
-    let listen = app.config().listen.to_string();
     let conf = ServerConf {
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -395,11 +409,16 @@ pub fn run(app: App, reload: Option<Reloader>, after: Option<AfterLoad>) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let metrics_listen = app.config().metrics_listen;
+    let listen = app.config().listen;
+    let listen_tls = app.config().listen_tls.clone();
+    let certs = listen_tls
+        .as_ref()
+        .map(|t| crate::tls::Certificates::new(t.material.clone()));
     let app = Arc::new(app);
     if let Some(after) = &after {
         after(&app);
     }
-    if let Err(e) = reload_on_sighup(app.clone(), reload, after) {
+    if let Err(e) = reload_on_sighup(app.clone(), reload, after, certs.clone()) {
         tracing::error!(error = %e, "cannot watch SIGHUP; configuration reload is off");
     }
     // Descriptors beyond connections: cache files, upstream connections, the listeners.
@@ -428,12 +447,33 @@ pub fn run(app: App, reload: Option<Reloader>, after: Option<AfterLoad>) -> ! {
     );
     // A write buffer big enough for the header and a small blob or manifest lets them leave in
     // one send; pingora's default (one MSS) sends the header on its own.
-    service.add_listener(
-        ListenerConfig::tcp(listen.as_str()).l4_buffer(L4BufferSettings::new(
-            DEFAULT_L4_READ_BUFFER_SIZE,
-            WRITE_BUFFER,
-        )),
-    );
+    let buffers = L4BufferSettings::new(DEFAULT_L4_READ_BUFFER_SIZE, WRITE_BUFFER);
+    if let Some(addr) = listen {
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+        tracing::info!(%addr, "chartbridge listening (HTTP)");
+    }
+    if let (Some(t), Some(certs)) = (&listen_tls, &certs) {
+        // The pair comes from `certs` at each handshake (a reload swaps it); TLS 1.2 and 1.3;
+        // ALPN offers h2 and http/1.1.
+        let mut settings =
+            TlsSettings::intermediate("", "").unwrap_or_else(|e| panic!("TLS settings: {e}"));
+        settings.set_cert_resolver(certs.resolver());
+        if let Some(v) = certs.client_verifier() {
+            settings.set_client_cert_verifier(v);
+        }
+        settings.enable_h2();
+        service.add_listener(
+            ListenerConfig::tcp(t.addr.to_string())
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
+        tracing::info!(
+            addr = %t.addr,
+            serial = %certs.serial(),
+            client_certificates = t.client_ca_file.is_some(),
+            "chartbridge listening (HTTPS)"
+        );
+    }
     server.add_service(service);
     if let Some(addr) = metrics_listen {
         let mut m = Service::new(
@@ -452,6 +492,5 @@ pub fn run(app: App, reload: Option<Reloader>, after: Option<AfterLoad>) -> ! {
         server.add_service(m);
         tracing::info!(%addr, "metrics listening");
     }
-    tracing::info!(%listen, "chartbridge listening");
     server.run_forever()
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-struct Containerd {
+pub struct Containerd {
     child: std::process::Child,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Drop for Containerd {
@@ -20,7 +20,7 @@ impl Drop for Containerd {
     }
 }
 
-fn containerd() -> Containerd {
+pub fn containerd() -> Containerd {
     let bin = "/usr/bin/containerd";
     assert!(
         std::path::Path::new(bin).exists(),
@@ -134,14 +134,27 @@ fn ctr_pull(
     image: &str,
     user: Option<&str>,
 ) -> std::process::Output {
+    ctr_pull_via(ctd, &reg.host(), &bridge.url(), "", ns, image, user)
+}
+
+/// `ctr image pull` of `image` (whose registry is `registry_host`) through the mirror at
+/// `mirror_url`, with `host_toml` added to the mirror's `[host]` table (such as `ca = "..."`).
+pub fn ctr_pull_via(
+    ctd: &Containerd,
+    registry_host: &str,
+    mirror_url: &str,
+    host_toml: &str,
+    ns: &str,
+    image: &str,
+    user: Option<&str>,
+) -> std::process::Output {
     let certs = ctd.dir.path().join("certs.d");
-    let host_dir = certs.join(reg.host());
+    let host_dir = certs.join(registry_host);
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::write(
         host_dir.join("hosts.toml"),
         format!(
-            "server = \"http://127.0.0.1:1\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            bridge.url()
+            "server = \"http://127.0.0.1:1\"\n\n[host.\"{mirror_url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{host_toml}"
         ),
     )
     .unwrap();

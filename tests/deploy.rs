@@ -99,3 +99,74 @@ fn chartbridge_serves_its_own_chart_over_oci() {
     ]);
     assert!(rendered.contains("kind: StatefulSet"));
 }
+
+/// With `tls.enabled` (a Secret, or cert-manager), mTLS and no plain listener, the chart renders
+/// a Certificate, mounts the Secret, and its configuration is one chartbridge accepts once the
+/// mounted files exist (here: generated ones at the same names).
+#[test]
+fn the_chart_renders_tls_and_its_config_is_valid() {
+    let helm = Helm::new("v4.1.4");
+    let values = [
+        "--set",
+        "tls.enabled=true",
+        "--set",
+        "tls.certManager.enabled=true",
+        "--set",
+        "tls.certManager.issuerRef.name=ca-issuer",
+        "--set",
+        "tls.clientCA.enabled=true",
+        "--set",
+        "tls.disablePlain=true",
+        "--set",
+        "metrics.enabled=true",
+    ];
+    let mut args = vec!["lint", "--strict", CHART];
+    args.extend(values);
+    helm.run(&args);
+    let mut args = vec!["template", "cb", CHART];
+    args.extend(values);
+    let out = helm.run(&args);
+    assert!(out.contains("kind: Certificate"), "{out}");
+    assert!(out.contains("/etc/chartbridge/tls") && out.contains("name: https"));
+    let mut args = vec![
+        "template",
+        "cb",
+        CHART,
+        "--show-only",
+        "templates/configmap.yaml",
+    ];
+    args.extend(values);
+    let cm = helm.run(&args);
+    let doc: serde_json::Value = serde_saphyr::from_str(&cm).expect("rendered ConfigMap is YAML");
+    let config = doc["data"]["chartbridge.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(config.contains("listen_tls:") && config.contains("client_ca_file:"));
+    assert!(
+        !config.lines().any(|l| l.starts_with("listen:")),
+        "no plain listener: {config}"
+    );
+    // the mounted Secret's files, generated, at a path of our own
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["cb".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), cert.pem()).unwrap();
+    let config = config.replace("/etc/chartbridge/tls", dir.path().to_str().unwrap());
+    let path = dir.path().join("chartbridge.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_chartbridge"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}\n{config}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

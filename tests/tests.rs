@@ -19,4 +19,5 @@ mod oci_api;
 mod oci_upstream;
 mod operate;
 mod registry_auth;
+mod tls;
 mod upstream_faults;

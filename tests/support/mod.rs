@@ -293,3 +293,31 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Moves the calling test thread (and every process and thread it starts from now on) into a
+/// network namespace of its own, with loopback up and `10.213.0.1` added to it: an address
+/// that is not loopback to clients, so helm 3.8-3.17 and containerd, which use plain HTTP for
+/// `localhost` and `127.x` by themselves, speak TLS to it. Other tests' threads are not
+/// affected. Needs root, as tests here and on CI run. Returns the address.
+pub fn private_network() -> &'static str {
+    const ADDR: &str = "10.213.0.1";
+    // SAFETY: unshare(2) with CLONE_NEWNET changes only the calling thread's namespace.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {} (the tests run as root)",
+        std::io::Error::last_os_error()
+    );
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["addr", "add", &format!("{ADDR}/32"), "dev", "lo"],
+    ] {
+        let ok = Command::new("ip")
+            .args(&args)
+            .status()
+            .expect("ip (iproute2) is installed by scripts/test-deps.sh");
+        assert!(ok.success(), "ip {args:?}");
+    }
+    ADDR
+}

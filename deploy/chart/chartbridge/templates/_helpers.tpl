@@ -55,6 +55,30 @@ Container image reference; the tag defaults to the chart's appVersion.
 {{- end }}
 
 {{/*
+Name of the TLS Secret: tls.existingSecret, or <fullname>-tls (the Secret the cert-manager
+Certificate writes when tls.certManager.enabled).
+*/}}
+{{- define "chartbridge.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "chartbridge.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{/*
+Whether the plain HTTP listener (listen: 0.0.0.0:5000, port "http") exists: "true" or "".
+*/}}
+{{- define "chartbridge.plain" -}}
+{{- if not (and .Values.tls.enabled .Values.tls.disablePlain) }}true{{ end }}
+{{- end }}
+
+{{/*
+Port name of the liveness and readiness probes: the plain listener when there is
+one, else the metrics listener (plain HTTP), else the TLS listener with scheme HTTPS (the
+kubelet verifies no certificate and presents none, so not with tls.clientCA.enabled).
+*/}}
+{{- define "chartbridge.probePort" -}}
+{{- if include "chartbridge.plain" . }}http{{ else if .Values.metrics.enabled }}metrics{{ else }}https{{ end }}
+{{- end }}
+
+{{/*
 Checks the values that end up in chartbridge.yaml, so a mistake fails `helm install` instead of
 crash-looping the pod (chartbridge refuses unknown keys at start-up).
 */}}
@@ -94,5 +118,37 @@ crash-looping the pod (chartbridge refuses unknown keys at start-up).
 {{- end }}
 {{- if and .Values.defaultUpstream (not (has .Values.defaultUpstream $names)) }}
 {{- fail (printf "defaultUpstream: no upstream named %q" .Values.defaultUpstream) }}
+{{- end }}
+{{- $tls := .Values.tls }}
+{{- if $tls.enabled }}
+{{- if not (or $tls.existingSecret $tls.certManager.enabled) }}
+{{- fail "tls.enabled needs tls.existingSecret (a kubernetes.io/tls Secret) or tls.certManager.enabled" }}
+{{- end }}
+{{- if and $tls.certManager.enabled (not $tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name" }}
+{{- end }}
+{{- if and (eq (int $tls.port) 5000) (not $tls.disablePlain) }}
+{{- fail "tls.port: 5000 is the plain listener's port" }}
+{{- end }}
+{{- if and .Values.metrics.enabled (eq (int $tls.port) (int .Values.metrics.port)) }}
+{{- fail (printf "tls.port: %d is metrics.port" (int $tls.port)) }}
+{{- end }}
+{{- if and $tls.disablePlain (not .Values.metrics.enabled) }}
+{{- if $tls.clientCA.enabled }}
+{{- fail "tls.disablePlain with tls.clientCA.enabled needs metrics.enabled: the probes carry no client certificate, so they use the plain metrics listener" }}
+{{- end }}
+{{- if .Values.serviceMonitor.enabled }}
+{{- fail "tls.disablePlain with serviceMonitor.enabled needs metrics.enabled: the ServiceMonitor scrapes the plain metrics listener" }}
+{{- end }}
+{{- end }}
+{{- else }}
+{{- range $k := list "disablePlain" "certManager" "clientCA" }}
+{{- $v := get $tls $k }}
+{{- if and (kindIs "map" $v) $v.enabled }}
+{{- fail (printf "tls.%s.enabled needs tls.enabled" $k) }}
+{{- else if and (kindIs "bool" $v) $v }}
+{{- fail (printf "tls.%s needs tls.enabled" $k) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
