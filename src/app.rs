@@ -187,7 +187,7 @@ impl App {
         })
         .await;
         let mut error = None;
-        let mut resp = match result {
+        let resp = match result {
             Ok(r) => r,
             Err(e) => {
                 if e.is_upstream() || e.kind() == Kind::Internal {
@@ -198,6 +198,9 @@ impl App {
                 r
             }
         };
+        let mut resp = crate::http::finish(resp, req);
+        let request_id = request_id(req.request_id.as_deref());
+        resp.headers.push(("X-Request-Id", request_id.clone()));
         if resp.stale {
             // RFC 7234's stale warning: the upstream failed and a last-known answer was served.
             resp.headers
@@ -220,6 +223,7 @@ impl App {
                 method = %req.method,
                 path = %req.path,
                 status = resp.status,
+                request_id = %request_id,
                 bytes,
                 ms = took.as_millis() as u64,
                 cache = if resp.stale { "stale" } else { notes.cache },
@@ -260,10 +264,25 @@ impl App {
                 }
                 Ok(views::oci::api_base(req))
             }
+            Route::Catalog { n, last } => {
+                let mut readable = Vec::new();
+                for u in &live.config.upstreams {
+                    if let Some(src) = live.upstreams.get(&u.name) {
+                        if self.authorize(src, req).await.is_ok() {
+                            readable.push((&u.name, src));
+                        }
+                    }
+                }
+                let private = readable.iter().any(|(_, s)| s.config().access.is_some());
+                Ok(views::oci::catalog(readable, n, last.as_deref(), req)
+                    .await?
+                    .private(private))
+            }
             Route::Oci { name, ns, op } => {
                 let (src, repo) = live.select(&name, ns.as_deref())?;
                 self.authorize(src, req).await?;
-                match op {
+                let private = src.config().access.is_some();
+                let resp = match op {
                     OciOp::Tags { n, last } => {
                         views::oci::tags(src, &name, &repo, ns.as_deref(), n, last.as_deref(), req)
                             .await
@@ -275,12 +294,15 @@ impl App {
                     OciOp::Referrers(d, q) => {
                         views::oci::referrers(src, &repo, &d, q.as_deref(), req).await
                     }
-                }
+                };
+                Ok(resp?.private(private))
             }
             Route::MirrorIndex { upstream, repo } => {
                 let src = live.upstream(&upstream)?;
                 self.authorize(src, req).await?;
-                views::mirror::index(src, repo.as_ref(), req).await
+                Ok(views::mirror::index(src, repo.as_ref(), req)
+                    .await?
+                    .private(src.config().access.is_some()))
             }
             Route::MirrorArchive {
                 upstream,
@@ -291,7 +313,11 @@ impl App {
             } => {
                 let src = live.upstream(&upstream)?;
                 self.authorize(src, req).await?;
-                views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req).await
+                Ok(
+                    views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req)
+                        .await?
+                        .private(src.config().access.is_some()),
+                )
             }
             Route::Metrics => Ok(Response::new(200).with_body(
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -316,6 +342,38 @@ impl App {
             }
         }
     }
+}
+
+/// The request's id: the client's (or a front proxy's) `X-Request-Id` when it is a sane token
+/// (1 to 128 of `A-Z a-z 0-9 . _ : -`), else a new one, unique in this process and unlikely
+/// to repeat across restarts.
+fn request_id(given: Option<&str>) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    if let Some(id) = given {
+        let sane = (1..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+        if sane {
+            return id.to_string();
+        }
+    }
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    format!("{seed:016x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl App {

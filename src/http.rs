@@ -25,6 +25,8 @@ pub struct Request {
     pub authorization: Option<String>,
     /// The peer's address (for backing off repeated failed logins).
     pub client: Option<std::net::IpAddr>,
+    /// `X-Request-Id` as the client (or a proxy in front) sent it.
+    pub request_id: Option<String>,
 }
 
 impl Request {
@@ -86,6 +88,24 @@ impl Body {
     }
 }
 
+/// How long caches in front of chartbridge (a CDN, an nginx cache, a node-local cache) may
+/// keep an answer; `finish` writes it as `Cache-Control`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Caching {
+    /// Nothing said (errors, health, metrics).
+    #[default]
+    Unsaid,
+    /// Content named by its digest: it never changes.
+    Immutable,
+    /// Built from upstream answers that stay fresh this much longer.
+    For(std::time::Duration),
+    /// Fresh for an unknown time: revalidate every time.
+    Revalidate,
+}
+
+/// A year: what "immutable" content carries as `max-age`.
+const IMMUTABLE_SECS: u64 = 31_536_000;
+
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
@@ -95,6 +115,9 @@ pub struct Response {
     pub body: Body,
     /// Served from a last-known copy because the upstream failed (the app adds `Warning`).
     pub stale: bool,
+    pub caching: Caching,
+    /// From an upstream protected by `access`: shared caches must not keep it.
+    pub private: bool,
 }
 
 impl Response {
@@ -104,7 +127,29 @@ impl Response {
             headers: Vec::new(),
             body: Body::Full(Bytes::new()),
             stale: false,
+            caching: Caching::Unsaid,
+            private: false,
         }
+    }
+
+    pub fn caching(mut self, caching: Caching) -> Response {
+        self.caching = caching;
+        self
+    }
+
+    /// Fresh for `fresh_for` (`None`: unknown, so revalidated every time).
+    pub fn fresh_for(self, fresh_for: Option<std::time::Duration>) -> Response {
+        self.caching(fresh_for.map_or(Caching::Revalidate, Caching::For))
+    }
+
+    pub fn private(mut self, private: bool) -> Response {
+        self.private = private;
+        self
+    }
+
+    fn set_header(&mut self, name: &'static str, value: String) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((name, value));
     }
 
     /// Marks the answer as served from a last-known copy (or not).
@@ -157,6 +202,46 @@ impl Response {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// The last touches every answer gets, in one place: `Cache-Control` from its `Caching` (a
+/// stale answer `max-age=0`; an answer of a protected upstream `private`), and `304 Not
+/// Modified` when the client's `If-None-Match` names the answer's `ETag`.
+pub fn finish(mut resp: Response, req: &Request) -> Response {
+    if matches!(resp.status, 200 | 206) {
+        let scope = if resp.private { "private" } else { "public" };
+        let value = match (resp.caching, resp.stale) {
+            (Caching::Unsaid, _) if resp.private => Some("private".to_string()),
+            (Caching::Unsaid, _) => None,
+            (_, true) => Some(format!("{scope}, max-age=0")),
+            (Caching::Immutable, _) => {
+                Some(format!("{scope}, max-age={IMMUTABLE_SECS}, immutable"))
+            }
+            (Caching::For(d), _) => Some(format!("{scope}, max-age={}", d.as_secs())),
+            (Caching::Revalidate, _) => Some(format!("{scope}, no-cache")),
+        };
+        if let Some(v) = value {
+            resp.set_header("Cache-Control", v);
+        }
+    }
+    let not_modified = resp.status == 200
+        && match (req.if_none_match.as_deref(), resp.get_header("ETag")) {
+            (Some(wanted), Some(etag)) => wanted.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t == etag || t.strip_prefix("W/") == Some(etag)
+            }),
+            _ => false,
+        };
+    if not_modified {
+        resp.status = 304;
+        resp.body = Body::Full(Bytes::new());
+        resp.headers.retain(|(k, _)| {
+            !["Content-Type", "Content-Length", "Accept-Ranges"]
+                .iter()
+                .any(|h| k.eq_ignore_ascii_case(h))
+        });
+    }
+    resp
 }
 
 /// Which API a request belongs to, which decides the error body format.
@@ -277,6 +362,70 @@ mod tests {
 
     fn range(h: &str, len: u64) -> Option<Option<(u64, u64)>> {
         parse_range_header(h).map(|r| r.resolve(len))
+    }
+
+    fn req(inm: Option<&str>) -> Request {
+        Request {
+            method: "GET".into(),
+            if_none_match: inm.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn ok() -> Response {
+        Response::new(200)
+            .header("ETag", "\"sha256:ab\"")
+            .with_body("application/json", Bytes::from_static(b"{}"), false)
+    }
+
+    #[test]
+    fn finish_writes_cache_control_and_answers_304() {
+        let cc = |r: Response| r.get_header("Cache-Control").map(str::to_string);
+        let f = |r: Response| finish(r, &req(None));
+        assert_eq!(cc(f(ok())), None, "nothing said, nothing written");
+        assert_eq!(
+            cc(f(ok().caching(Caching::Immutable))).as_deref(),
+            Some("public, max-age=31536000, immutable")
+        );
+        assert_eq!(
+            cc(f(
+                ok().fresh_for(Some(std::time::Duration::from_millis(90_500)))
+            ))
+            .as_deref(),
+            Some("public, max-age=90")
+        );
+        assert_eq!(
+            cc(f(ok().fresh_for(None))).as_deref(),
+            Some("public, no-cache")
+        );
+        assert_eq!(
+            cc(f(ok().caching(Caching::Immutable).stale(true))).as_deref(),
+            Some("public, max-age=0")
+        );
+        assert_eq!(
+            cc(f(ok().caching(Caching::Immutable).private(true))).as_deref(),
+            Some("private, max-age=31536000, immutable")
+        );
+        assert_eq!(cc(f(ok().private(true))).as_deref(), Some("private"));
+        assert_eq!(
+            cc(f(Response::new(404).caching(Caching::Immutable))),
+            None,
+            "errors are not cached"
+        );
+        for inm in [
+            "\"sha256:ab\"",
+            "W/\"sha256:ab\"",
+            "*",
+            "\"x\", \"sha256:ab\"",
+        ] {
+            let r = finish(ok().caching(Caching::Immutable), &req(Some(inm)));
+            assert_eq!(r.status, 304, "{inm}");
+            assert!(r.body.is_empty() && r.get_header("Content-Length").is_none());
+            assert_eq!(r.get_header("ETag"), Some("\"sha256:ab\""));
+            assert!(r.get_header("Cache-Control").is_some());
+        }
+        assert_eq!(finish(ok(), &req(Some("\"other\""))).status, 200);
+        assert_eq!(finish(Response::new(404), &req(Some("*"))).status, 404);
     }
 
     #[test]

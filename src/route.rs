@@ -11,6 +11,11 @@ use crate::ids::{Digest, Reference, RepoName, UpstreamName};
 pub enum Route {
     /// `GET /v2/`: the API version check.
     ApiBase,
+    /// `GET /v2/_catalog?n=&last=`: the repositories of every upstream the client may read.
+    Catalog {
+        n: Option<usize>,
+        last: Option<String>,
+    },
     /// `/v2/<name>/...`: `name` is the whole repository path; which upstream serves it (a path
     /// prefix, containerd's `ns` parameter, or the default upstream) is decided by the app,
     /// which knows the configuration.
@@ -56,6 +61,7 @@ impl Route {
     pub fn kind(&self) -> &'static str {
         match self {
             Route::ApiBase => "base",
+            Route::Catalog { .. } => "catalog",
             Route::Oci {
                 op: OciOp::Tags { .. },
                 ..
@@ -94,10 +100,7 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<Route> {
     let read = method == "GET" || method == "HEAD";
     if is_oci_path(path) {
         if !read {
-            return Err(Error::new(
-                Kind::Unsupported,
-                format!("{method} is not supported: chartbridge is a read-only mirror"),
-            ));
+            return Err(refuse_write(method, path, query));
         }
         return parse_oci(path, query);
     }
@@ -114,6 +117,32 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<Route> {
         _ => {}
     }
     parse_mirror(path)
+}
+
+/// Why a write to `/v2/` is refused: 400 `DIGEST_INVALID` when the digest it names (a
+/// manifest reference with a `:`, a blob reference, an upload's `?digest=`) cannot be one, as
+/// a registry checks before anything else; otherwise 405: this mirror is read-only.
+fn refuse_write(method: &str, path: &str, query: Option<&str>) -> Error {
+    let rest = path.strip_prefix("/v2/").unwrap_or_default();
+    let named = rest.rsplit_once('/').and_then(|(head, reference)| {
+        if head.ends_with("/blobs") || (head.ends_with("/manifests") && reference.contains(':')) {
+            Some(reference.to_string())
+        } else {
+            None
+        }
+    });
+    let asked = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "digest")
+        .map(|(_, v)| v.into_owned());
+    for d in named.into_iter().chain(asked) {
+        if let Err(e) = Digest::from_str(&d) {
+            return e;
+        }
+    }
+    Error::new(
+        Kind::Unsupported,
+        format!("{method} is not supported: chartbridge is a read-only mirror"),
+    )
 }
 
 fn parse_oci(path: &str, query: Option<&str>) -> Result<Route> {
@@ -137,12 +166,23 @@ fn parse_oci(path: &str, query: Option<&str>) -> Result<Route> {
             _ => {}
         }
     }
+    if rest == "_catalog" {
+        return Ok(Route::Catalog { n, last });
+    }
     let (name, op) = if let Some(name) = rest.strip_suffix("/tags/list") {
         (name, OciOp::Tags { n, last })
     } else {
         let (head, reference) = rest.rsplit_once('/').ok_or_else(not_found)?;
         if let Some(name) = head.strip_suffix("/manifests") {
-            (name, OciOp::Manifest(Reference::from_str(reference)?))
+            // A reference that is neither a tag nor a digest names no manifest: 404, as
+            // registries answer (the conformance suite asks for `.INVALID_MANIFEST_NAME`).
+            let r = Reference::from_str(reference).map_err(|_| {
+                Error::new(
+                    Kind::ManifestUnknown,
+                    format!("{reference:?} is not a tag or a digest: no such manifest"),
+                )
+            })?;
+            (name, OciOp::Manifest(r))
         } else if let Some(name) = head.strip_suffix("/blobs") {
             (name, OciOp::Blob(Digest::from_str(reference)?))
         } else if let Some(name) = head.strip_suffix("/referrers") {
@@ -232,6 +272,48 @@ mod tests {
     }
 
     #[test]
+    fn spec_answers_for_bad_references_writes_and_the_catalog() {
+        let kind = |m: &str, p: &str, q: Option<&str>| parse(m, p, q).unwrap_err().kind();
+        assert_eq!(
+            kind("GET", "/v2/a/manifests/.INVALID_MANIFEST_NAME", None),
+            Kind::ManifestUnknown
+        );
+        assert_eq!(
+            kind("HEAD", "/v2/a/manifests/sha256:nothex", None),
+            Kind::ManifestUnknown
+        );
+        assert_eq!(
+            kind("GET", "/v2/a/blobs/sha256:nothex", None),
+            Kind::DigestInvalid
+        );
+        assert_eq!(
+            kind("PUT", "/v2/a/manifests/sha256:totallywrong", None),
+            Kind::DigestInvalid
+        );
+        assert_eq!(kind("DELETE", "/v2/a/blobs/x", None), Kind::DigestInvalid);
+        assert_eq!(
+            kind("POST", "/v2/a/blobs/uploads/", Some("digest=sha256:zz")),
+            Kind::DigestInvalid
+        );
+        assert_eq!(kind("PUT", "/v2/a/manifests/v1", None), Kind::Unsupported);
+        assert_eq!(
+            kind("PATCH", "/v2/a/blobs/uploads/u1", None),
+            Kind::Unsupported
+        );
+        assert_eq!(
+            kind("POST", "/v2/a/blobs/uploads/", None),
+            Kind::Unsupported
+        );
+        assert_eq!(
+            parse("GET", "/v2/_catalog", Some("n=5&last=a%2Fb")).unwrap(),
+            Route::Catalog {
+                n: Some(5),
+                last: Some("a/b".into())
+            }
+        );
+    }
+
+    #[test]
     fn oci_routes() {
         assert_eq!(oci("/v2/").unwrap(), Route::ApiBase);
         assert_eq!(oci("/v2").unwrap(), Route::ApiBase);
@@ -290,13 +372,13 @@ mod tests {
         let kind = |p: &str| oci(p).unwrap_err().kind();
         assert_eq!(
             kind("/v2/a/b/manifests/sha256:totallywrong"),
-            Kind::DigestInvalid
+            Kind::ManifestUnknown
         );
         assert_eq!(kind("/v2/a/b/blobs/notadigest"), Kind::DigestInvalid);
         assert_eq!(kind("/v2/a/B/manifests/1"), Kind::NameInvalid);
         assert_eq!(kind("/v2/a/../b/manifests/1"), Kind::NameInvalid);
         assert_eq!(kind("/v2/a%2fb/c/manifests/1"), Kind::NameInvalid);
-        assert_eq!(kind("/v2/a/b/manifests/bad+tag"), Kind::TagInvalid);
+        assert_eq!(kind("/v2/a/b/manifests/bad+tag"), Kind::ManifestUnknown);
         assert_eq!(kind("/v2/a/b/whatever"), Kind::NotFound);
         assert_eq!(
             parse("POST", "/v2/a/b/blobs/uploads/", None)

@@ -88,6 +88,7 @@ impl Http {
             if_range: header(&session, "if-range"),
             if_none_match: header(&session, "if-none-match"),
             authorization: header(&session, "authorization"),
+            request_id: header(&session, "x-request-id"),
             client: session
                 .client_addr()
                 .and_then(|a| a.as_inet())

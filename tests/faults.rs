@@ -203,6 +203,11 @@ fn rate_limits_pass_on_or_serve_from_cache_and_redirect_loops_end() {
         .to_str()
         .unwrap()
         .contains("Stale"));
+    assert_eq!(
+        stale.headers()["cache-control"],
+        "public, max-age=0",
+        "a stale answer is not to be kept by caches in front"
+    );
     assert_eq!(stale.bytes().unwrap().to_vec(), manifest.to_vec());
 
     // nothing cached for another tag: the 429 and its Retry-After reach the client

@@ -138,8 +138,8 @@ fn bad_requests_get_clear_oci_errors() {
     for (path, status, code) in [
         (
             "/v2/up/demo/manifests/sha256:totallywrong",
-            400,
-            "DIGEST_INVALID",
+            404,
+            "MANIFEST_UNKNOWN",
         ),
         (
             "/v2/up/demo/blobs/sha256:totallywrong",

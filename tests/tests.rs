@@ -19,5 +19,6 @@ mod oci_api;
 mod oci_upstream;
 mod operate;
 mod registry_auth;
+mod spec;
 mod tls;
 mod upstream_faults;

@@ -33,12 +33,25 @@ use super::{BlobCache, BlobData, BlobWrite, Flight, Links, RefName, RefStore, Te
 use crate::error::{digest_mismatch, Error, Kind, Result};
 use crate::ids::{ByteRange, Digest};
 
-/// An answer, and whether it is a last-known copy served because the upstream failed. Travels
-/// back with the value, so a follower of a shared fetch learns it too.
+/// An answer, whether it is a last-known copy served because the upstream failed, and how
+/// much longer it stays fresh. Travels back with the value, so a follower of a shared fetch
+/// learns it too.
 #[derive(Clone, Debug)]
 pub struct Served<T> {
     pub value: T,
     pub stale: bool,
+    /// How long the answer stays fresh from now (`Some(0)` when stale); `None` when it never
+    /// changes or nobody said.
+    pub fresh_for: Option<Duration>,
+}
+
+/// The sooner of two freshness limits.
+fn sooner(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
 }
 
 impl<T> Served<T> {
@@ -46,6 +59,25 @@ impl<T> Served<T> {
         Served {
             value,
             stale: false,
+            fresh_for: None,
+        }
+    }
+
+    /// A value fresh for `ttl` from now.
+    pub fn fresh_for(value: T, ttl: Option<Duration>) -> Served<T> {
+        Served {
+            value,
+            stale: false,
+            fresh_for: ttl,
+        }
+    }
+
+    /// A last-known copy: stale, and fresh for no time at all.
+    pub fn stale(value: T) -> Served<T> {
+        Served {
+            value,
+            stale: true,
+            fresh_for: Some(Duration::ZERO),
         }
     }
 
@@ -53,14 +85,16 @@ impl<T> Served<T> {
         Served {
             value: f(self.value),
             stale: self.stale,
+            fresh_for: self.fresh_for,
         }
     }
 
-    /// `next`, stale if either was.
+    /// `next`, stale if either was, fresh until the sooner of the two stops being.
     pub fn then<U>(self, next: Served<U>) -> Served<U> {
         Served {
             value: next.value,
             stale: self.stale || next.stale,
+            fresh_for: sooner(self.fresh_for, next.fresh_for),
         }
     }
 }
@@ -76,6 +110,11 @@ pub struct Freshness {
 }
 
 impl Freshness {
+    /// How long a value stamped at `at` stays fresh from now (`None`: immutable).
+    fn left(&self, at: Instant) -> Option<Duration> {
+        self.ttl.map(|ttl| ttl.saturating_sub(at.elapsed()))
+    }
+
     pub fn for_(ttl: Duration, kind: &'static str) -> Freshness {
         Freshness {
             ttl: Some(ttl),
@@ -302,7 +341,7 @@ impl Cache {
         if let Some(s) = self.values.get(name).await {
             let fresh = !s.unconfirmed && freshness.ttl.is_none_or(|ttl| s.at.elapsed() < ttl);
             if fresh {
-                return Ok(Served::fresh(s.value));
+                return Ok(Served::fresh_for(s.value, freshness.left(s.at)));
             }
             let backing_off = self
                 .backoff
@@ -310,10 +349,7 @@ impl Cache {
                 .is_some_and(|t| t.elapsed() < self.settings.refresh_backoff);
             if backing_off {
                 crate::metrics::stale_served(freshness.kind);
-                return Ok(Served {
-                    value: s.value,
-                    stale: true,
-                });
+                return Ok(Served::stale(s.value));
             }
         }
         let failure_key = format!("value\0{name}");
@@ -359,7 +395,7 @@ impl Cache {
                                 }
                             });
                         }
-                        Ok(Served::fresh(v))
+                        Ok(Served::fresh_for(v, freshness.ttl))
                     }
                     Err(e) if e.is_upstream() && known.is_some() => {
                         tracing::warn!(r#ref = %n, kind = freshness.kind, error = %e, "refresh failed; serving the last known copy");
@@ -372,10 +408,7 @@ impl Cache {
                             values.insert(n.clone(), s).await;
                         }
                         backoff.insert(n, Instant::now());
-                        Ok(Served {
-                            value: known,
-                            stale: true,
-                        })
+                        Ok(Served::stale(known))
                     }
                     Err(e) => {
                         if freshness.remember_failures && negative(&e) {
@@ -408,8 +441,9 @@ impl Cache {
     {
         if let Some(s) = self.values.get(name).await {
             if !s.unconfirmed && freshness.ttl.is_none_or(|ttl| s.at.elapsed() < ttl) {
+                let left = freshness.left(s.at);
                 if let Some(t) = s.decoded.and_then(|d| d.downcast::<T>().ok()) {
-                    return Ok(Served::fresh(t));
+                    return Ok(Served::fresh_for(t, left));
                 }
             }
         }
@@ -841,6 +875,11 @@ impl Cache {
             .map_err(|_| Error::internal(format!("derived value {key:?} has another type")))?;
         self.put_derived(key, v.clone(), weigh(&v));
         Ok(v)
+    }
+
+    /// How long ago the derived value held under `key` was built.
+    pub fn derived_age(&self, key: &str) -> Option<Duration> {
+        self.derived.get(key).map(|e| e.at.elapsed())
     }
 
     /// A derived value held now, whatever its age.

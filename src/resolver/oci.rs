@@ -212,22 +212,20 @@ impl OciUpstream {
             }
             Reference::Tag(t) => {
                 let mut tag = t.as_str().to_string();
-                let mut stale = false;
+                // what the answer was built from: the tag list too, when `latest` is ours
+                let mut from = Served::fresh(());
                 if tag == version::LATEST && self.config.latest != LatestPolicy::Never {
                     let tags = self.upstream_tags(&up).await?;
-                    stale = tags.stale;
                     if let Some(target) = self.latest_target(&tags.value) {
                         crate::metrics::latest_synthesized();
                         tag = target;
                     }
+                    from = tags.map(|_| ());
                 }
                 let d = self.resolve_tag(&up, &tag).await?;
                 // This repository's own tag names the manifest: it holds it.
                 let m = self.manifest_by_digest(&up, &d.value, true).await?;
-                Ok(Served {
-                    value: m,
-                    stale: stale || d.stale,
-                })
+                Ok(from.then(d.map(|_| m)))
             }
         }
     }

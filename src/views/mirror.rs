@@ -3,22 +3,22 @@
 //! used) and the archives behind them, from the cache. For an OCI upstream: an index.yaml built
 //! from a chart repository's tags (or the upstream's charts), and the chart layers behind it.
 
-use bytes::Bytes;
-
 use crate::error::{Error, Kind, Result};
 use crate::http::{blob_response, Request, Response};
 use crate::ids::RepoName;
 use crate::resolver::Source;
 
-/// `GET /<upstream>[/<repository>]/index.yaml`, with `ETag` / `If-None-Match`.
+/// `GET /<upstream>[/<repository>]/index.yaml`, with `ETag` and a `max-age` of what is left
+/// of the index's freshness.
 pub async fn index(src: &Source, repo: Option<&RepoName>, req: &Request) -> Result<Response> {
-    let (bytes, etag, stale): (Bytes, String, bool) = match (src, repo) {
+    let (bytes, etag, stale, fresh_for) = match (src, repo) {
         (Source::Helm(up), None) => {
             let index = up.index().await?;
             (
                 index.value.served.clone(),
                 index.value.etag.clone(),
                 index.stale,
+                index.fresh_for,
             )
         }
         (Source::Helm(up), Some(r)) => {
@@ -32,20 +32,14 @@ pub async fn index(src: &Source, repo: Option<&RepoName>, req: &Request) -> Resu
         }
         (Source::Oci(up), repo) => {
             let built = up.chart_index(repo).await?;
-            (built.bytes, built.etag, built.stale)
+            (built.bytes, built.etag, built.stale, built.fresh_for)
         }
     };
-    let matches = req
-        .if_none_match
-        .as_deref()
-        .is_some_and(|h| h.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
-        return Ok(Response::new(304).header("ETag", etag).stale(stale));
-    }
+    // `If-None-Match` -> 304 is answered for every view in `http::finish`.
     Ok(Response::new(200)
         .header("ETag", etag)
-        .header("Cache-Control", "no-cache")
         .with_body("application/x-yaml", bytes, req.is_head())
+        .fresh_for(fresh_for)
         .stale(stale))
 }
 
@@ -58,9 +52,13 @@ pub async fn archive(
     prov: bool,
     req: &Request,
 ) -> Result<Response> {
+    // An archive is named by version: as fresh as the index that says which bytes it is.
+    let mut fresh_for = None;
     let (bytes, d, content_type) = match (src, repo) {
         (Source::Helm(up), None) => {
-            let at = up.locate(&up.index().await?.value, chart, version)?;
+            let index = up.index().await?;
+            fresh_for = index.fresh_for;
+            let at = up.locate(&index.value, chart, version)?;
             if prov {
                 let (b, d) = up.provenance(&at).await?.ok_or_else(|| {
                     Error::new(
@@ -93,5 +91,5 @@ pub async fn archive(
             ))
         }
     };
-    Ok(blob_response(req, content_type, bytes, Some(&d)))
+    Ok(blob_response(req, content_type, bytes, Some(&d)).fresh_for(fresh_for))
 }

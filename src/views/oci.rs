@@ -8,8 +8,8 @@ use bytes::Bytes;
 use crate::cache::BlobData;
 use crate::cache::Served;
 use crate::error::{Error, Kind, Result};
-use crate::http::{blob_response, data_response, Content, Request, Response};
-use crate::ids::{Digest, Reference, RepoName};
+use crate::http::{blob_response, data_response, Caching, Content, Request, Response};
+use crate::ids::{Digest, Reference, RepoName, UpstreamName};
 use crate::resolver::oci::BlobAnswer;
 use crate::resolver::{HelmUpstream, ServedManifest, Source};
 
@@ -39,6 +39,31 @@ pub fn api_base(req: &Request) -> Response {
     Response::new(200).with_body("application/json", Bytes::from_static(b"{}"), req.is_head())
 }
 
+/// One page of a sorted list: the names after `last`, at most `n` of them, and whether more
+/// follow (then the answer carries a `Link` to the next page).
+fn page<'a>(all: &'a [String], n: Option<usize>, last: Option<&str>) -> (&'a [String], bool) {
+    let start = match last {
+        Some(l) => all.partition_point(|t| t.as_str() <= l),
+        None => 0,
+    };
+    let rest = &all[start..];
+    match n {
+        Some(n) if n < rest.len() => (&rest[..n], true),
+        _ => (rest, false),
+    }
+}
+
+/// The `Link` header to the page after `page`, keeping `ns` when the client routed with it.
+fn next_link(path: &str, n: Option<usize>, page: &[String], ns: Option<&str>) -> Option<String> {
+    let (n, last) = (n?, page.last()?);
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.append_pair("n", &n.to_string()).append_pair("last", last);
+    if let Some(ns) = ns {
+        q.append_pair("ns", ns);
+    }
+    Some(format!("<{path}?{}>; rel=\"next\"", q.finish()))
+}
+
 /// `GET /v2/<name>/tags/list?n=&last=`: lexically sorted, paginated with a `Link` header.
 /// `name` is the repository as the client named it; `repo` is the part below the upstream.
 pub async fn tags(
@@ -50,37 +75,20 @@ pub async fn tags(
     last: Option<&str>,
     req: &Request,
 ) -> Result<Response> {
-    let (all, stale) = match src {
+    let all = match src {
         Source::Helm(h) => {
             let index = h.index().await?;
-            (HelmUpstream::tags(&index.value, chart(repo)?)?, index.stale)
+            let tags = HelmUpstream::tags(&index.value, chart(repo)?)?;
+            index.map(|_| tags)
         }
-        Source::Oci(o) => {
-            let tags = o.tags(repo).await?;
-            (std::sync::Arc::new(tags.value), tags.stale)
-        }
+        Source::Oci(o) => o.tags(repo).await?.map(std::sync::Arc::new),
     };
-    let start = match last {
-        Some(l) => all.partition_point(|t| t.as_str() <= l),
-        None => 0,
-    };
-    let rest = &all[start..];
-    let page = match n {
-        Some(n) => &rest[..n.min(rest.len())],
-        None => rest,
-    };
-    let body = serde_json::json!({"name": name.as_str(), "tags": page});
+    let (list, more) = page(&all.value, n, last);
+    let body = serde_json::json!({"name": name.as_str(), "tags": list});
     let mut resp = Response::new(200);
-    if let (Some(n), Some(last_tag)) = (n, page.last()) {
-        if page.len() < rest.len() {
-            let mut q = url::form_urlencoded::Serializer::new(String::new());
-            q.append_pair("n", &n.to_string())
-                .append_pair("last", last_tag);
-            if let Some(ns) = ns {
-                q.append_pair("ns", ns);
-            }
-            let q = q.finish();
-            resp = resp.header("Link", format!("</v2/{name}/tags/list?{q}>; rel=\"next\""));
+    if more {
+        if let Some(link) = next_link(&format!("/v2/{name}/tags/list"), n, list, ns) {
+            resp = resp.header("Link", link);
         }
     }
     Ok(resp
@@ -89,7 +97,66 @@ pub async fn tags(
             Bytes::from(body.to_string()),
             req.is_head(),
         )
-        .stale(stale))
+        .fresh_for(all.fresh_for)
+        .stale(all.stale))
+}
+
+/// The repositories an upstream serves, as `_catalog` names them (below the upstream): a
+/// helm upstream's charts, an OCI upstream's `charts:` or its registry's catalog.
+async fn repositories(src: &Source) -> Result<Served<Vec<String>>> {
+    match src {
+        Source::Helm(h) => {
+            let index = h.index().await?;
+            let names = index.value.entries().charts().map(str::to_string).collect();
+            Ok(index.map(|_| names))
+        }
+        Source::Oci(o) => Ok(o
+            .repositories()
+            .await?
+            .map(|r| r.iter().map(|n| n.to_string()).collect())),
+    }
+}
+
+/// `GET /v2/_catalog?n=&last=`: `<upstream>/<repository>` for every upstream in `sources`
+/// (those the client may read), sorted and paginated like tags. An upstream that cannot say
+/// (down with nothing cached, or no catalog) is left out, with a log line.
+pub async fn catalog(
+    sources: Vec<(&UpstreamName, &Source)>,
+    n: Option<usize>,
+    last: Option<&str>,
+    req: &Request,
+) -> Result<Response> {
+    let mut all = Vec::new();
+    let mut from = Served::fresh(());
+    for (name, src) in sources {
+        match repositories(src).await {
+            Ok(list) => {
+                all.extend(list.value.iter().map(|r| format!("{name}/{r}")));
+                from = from.then(list.map(|_| ()));
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %name, error = %e, "left out of the catalog");
+            }
+        }
+    }
+    all.sort();
+    all.dedup();
+    let (list, more) = page(&all, n, last);
+    let body = serde_json::json!({ "repositories": list });
+    let mut resp = Response::new(200);
+    if more {
+        if let Some(link) = next_link("/v2/_catalog", n, list, None) {
+            resp = resp.header("Link", link);
+        }
+    }
+    Ok(resp
+        .with_body(
+            "application/json",
+            Bytes::from(body.to_string()),
+            req.is_head(),
+        )
+        .fresh_for(from.fresh_for)
+        .stale(from.stale))
 }
 
 /// `GET|HEAD /v2/<name>/manifests/<tag|digest>`.
@@ -109,10 +176,7 @@ pub async fn manifest(
                     if m.synthesized_latest {
                         crate::metrics::latest_synthesized();
                     }
-                    Served {
-                        value: m.manifest,
-                        stale: index.stale,
-                    }
+                    index.map(|_| m.manifest)
                 }
                 Reference::Digest(d) => {
                     Served::fresh(up.manifest_by_digest(chart(repo)?, d).await?.ok_or_else(
@@ -122,16 +186,27 @@ pub async fn manifest(
             },
             Source::Oci(up) => up.manifest(repo, reference).await?,
         };
+    let caching = match reference {
+        Reference::Digest(_) => Caching::Immutable,
+        Reference::Tag(_) => m.fresh_for.map_or(Caching::Revalidate, Caching::For),
+    };
     let (stale, m) = (m.stale, m.value);
     Ok(Response::new(200)
         .header("Docker-Content-Digest", m.digest.to_string())
         .header("ETag", format!("\"{}\"", m.digest))
         .with_body(&m.media_type, m.bytes, req.is_head())
+        .caching(caching)
         .stale(stale))
 }
 
-/// `GET|HEAD /v2/<name>/blobs/<digest>`.
+/// `GET|HEAD /v2/<name>/blobs/<digest>`: immutable, so caches in front may keep it.
 pub async fn blob(src: &Source, repo: &RepoName, d: &Digest, req: &Request) -> Result<Response> {
+    Ok(blob_of(src, repo, d, req)
+        .await?
+        .caching(Caching::Immutable))
+}
+
+async fn blob_of(src: &Source, repo: &RepoName, d: &Digest, req: &Request) -> Result<Response> {
     const BLOB: &str = "application/octet-stream";
     match src {
         Source::Helm(up) => {

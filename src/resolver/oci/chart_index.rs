@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::OciUpstream;
-use crate::cache::BlobKey;
+use crate::cache::{BlobKey, Freshness, RefName, Served};
 use crate::convert::chart::ChartMetadata;
 use crate::convert::index::ChartVersion;
 use crate::convert::index::{archive_path, render, IndexFile};
@@ -31,6 +31,8 @@ pub struct BuiltIndex {
     pub bytes: Bytes,
     pub etag: String,
     pub stale: bool,
+    /// How much longer this build stays fresh (set when it is served).
+    pub fresh_for: Option<std::time::Duration>,
 }
 
 /// What building an index view found: the index, or that the repository holds no chart (an
@@ -41,38 +43,58 @@ impl OciUpstream {
     /// The repositories of the upstream-level index: `charts:` from the config, else the
     /// registry's `_catalog`.
     async fn chart_repos(&self) -> Result<Vec<RepoName>> {
+        Ok(self.repositories().await?.value)
+    }
+
+    /// The repositories this upstream serves, as `GET /v2/_catalog` lists them: `charts:`
+    /// from the config, else the registry's own `_catalog` (first page, at most 500), fresh
+    /// for `tag_ttl` and served stale while the registry fails.
+    pub async fn repositories(&self) -> Result<Served<Vec<RepoName>>> {
         if !self.config.charts.is_empty() {
-            return Ok(self.config.charts.clone());
+            return Ok(Served::fresh(self.config.charts.clone()));
         }
-        #[derive(serde::Deserialize)]
-        struct Catalog {
-            repositories: Option<Vec<String>>,
-        }
-        let r = self
-            .registry
-            .request_path(
-                &format!("v2/_catalog?n={MAX_CATALOG}"),
-                "registry:catalog:*",
-                "application/json",
+        let (registry, name) = (self.registry.clone(), self.config.name.clone());
+        let list = self
+            .cache
+            .value(
+                &RefName::new(["catalog", self.name()]),
+                Freshness::for_(self.config.tag_ttl, "catalog"),
+                move |_| async move {
+                    #[derive(serde::Deserialize)]
+                    struct Catalog {
+                        repositories: Option<Vec<String>>,
+                    }
+                    let r = registry
+                        .request_path(
+                            &format!("v2/_catalog?n={MAX_CATALOG}"),
+                            "registry:catalog:*",
+                            "application/json",
+                        )
+                        .await?;
+                    if r.status != 200 {
+                        return Err(Error::new(
+                            Kind::NotFound,
+                            format!(
+                                "upstream {name} has no catalog: list its chart repositories under `charts:`"
+                            ),
+                        ));
+                    }
+                    let c: Catalog = serde_json::from_slice(&r.bytes(4 << 20).await?)
+                        .map_err(|e| Error::upstream_invalid(format!("catalog is not JSON: {e}")))?;
+                    let names: Vec<String> = c
+                        .repositories
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|r| r.parse::<RepoName>().is_ok())
+                        .take(MAX_CATALOG)
+                        .collect();
+                    Ok(Bytes::from(serde_json::to_vec(&names).unwrap_or_default()))
+                },
             )
             .await?;
-        if r.status != 200 {
-            return Err(Error::new(
-                Kind::NotFound,
-                format!(
-                    "upstream {} has no catalog: list its chart repositories under `charts:`",
-                    self.config.name
-                ),
-            ));
-        }
-        let c: Catalog = serde_json::from_slice(&r.bytes(4 << 20).await?)
-            .map_err(|e| Error::upstream_invalid(format!("catalog is not JSON: {e}")))?;
-        Ok(c.repositories
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| r.parse().ok())
-            .take(MAX_CATALOG)
-            .collect())
+        let names: Vec<String> = serde_json::from_slice(&list.value)
+            .map_err(|e| Error::internal(format!("cached catalog: {e}")))?;
+        Ok(list.map(|_| names.iter().filter_map(|r| r.parse().ok()).collect()))
     }
 
     /// The chart layers of a manifest, or `None` when it is not a Helm chart.
@@ -176,13 +198,16 @@ impl OciUpstream {
         let view = self
             .cache
             .derived(
-                key,
+                key.clone(),
                 Some(self.config.tag_ttl),
                 |v: &IndexView| v.as_ref().map_or(256, |b| b.bytes.len() as u64),
                 move || async move { Ok(Arc::new(this.build_index(r.as_ref()).await?)) },
             )
             .await?;
-        (*view).clone()
+        let age = self.cache.derived_age(&key).unwrap_or_default();
+        let mut built = (*view).clone()?;
+        built.fresh_for = Some(self.config.tag_ttl.saturating_sub(age));
+        Ok(built)
     }
 
     async fn build_index(self: &Arc<Self>, repo: Option<&RepoName>) -> Result<IndexView> {
@@ -268,6 +293,7 @@ impl OciUpstream {
             etag: format!("\"{}\"", Digest::of(&bytes).hex()),
             bytes,
             stale,
+            fresh_for: None,
         }))
     }
 
