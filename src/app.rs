@@ -12,7 +12,10 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::access::{Access, Throttle};
-use crate::cache::{BlobCache, Cache, CacheSettings, DiskRefs, DiskStore, MemoryStore, RefStore};
+use crate::cache::{
+    BlobCache, BlobStore, Bucket, BucketRefs, BucketStore, Cache, CacheSettings, DiskRefs,
+    DiskStore, MemoryStore, RefStore,
+};
 use crate::config::Config;
 use crate::config::UpstreamKind;
 use crate::error::{Error, Kind, Result};
@@ -50,11 +53,22 @@ impl App {
             .await
             .map_err(|e| Error::internal(format!("cannot open cache dir {}: {e}", dir.display())))?
             .with_verify_on_read(config.cache.verify_on_read);
-        let blobs = BlobCache::new(
-            MemoryStore::new(config.cache.max_memory_bytes),
-            Arc::new(disk),
-        );
-        let refs: Arc<dyn RefStore> = Arc::new(DiskRefs::open(dir)?);
+        // With a shared bucket, the disk is each replica's local tier in front of it, and refs
+        // live in the bucket so every replica sees them.
+        let (store, refs): (Arc<dyn BlobStore>, Arc<dyn RefStore>) = match &config.cache.store {
+            None => (Arc::new(disk), Arc::new(DiskRefs::open(dir)?)),
+            Some(s) => {
+                let bucket = Bucket::connect(s)?;
+                let sweeper = bucket.clone();
+                tokio::spawn(async move { sweeper.sweep().await });
+                DiskRefs::open(dir)?; // the tmp/ directory imports stage in
+                (
+                    Arc::new(BucketStore::new(bucket.clone(), Arc::new(disk))),
+                    Arc::new(BucketRefs::new(bucket)),
+                )
+            }
+        };
+        let blobs = BlobCache::new(MemoryStore::new(config.cache.max_memory_bytes), store);
         let settings = CacheSettings {
             negative_ttl: config.cache.negative_ttl,
             refresh_backoff: config.cache.refresh_backoff,

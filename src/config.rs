@@ -64,6 +64,35 @@ pub struct RawListenTls {
     pub client_ca_file: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `disk` (default) or `s3`.
+    pub kind: String,
+    pub bucket: Option<String>,
+    /// `http(s)://host:port` of an S3-compatible server; omit for AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Key prefix inside the bucket (`prod/`).
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub credentials: Option<RawStoreCredentials>,
+    /// How long a replica's claim on a cold blob lasts without renewal. Default `30s`.
+    pub lease_ttl: Option<String>,
+    /// Longest wait for a small bucket request (HEAD, a ref, a small blob) before the bucket
+    /// counts as degraded for that request. Default `5s`.
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreCredentials {
+    pub access_key_id_env: Option<String>,
+    pub access_key_id_file: Option<String>,
+    pub secret_access_key_env: Option<String>,
+    pub secret_access_key_file: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
@@ -83,6 +112,8 @@ pub struct RawCache {
     /// Re-hash disk blobs before serving them. Default false.
     #[serde(default)]
     pub verify_on_read: bool,
+    /// Where blobs and refs live: the disk (default) or a shared S3-compatible bucket.
+    pub store: Option<RawStore>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -248,12 +279,42 @@ impl Upstream {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheConfig {
     pub verify_on_read: bool,
+    /// The disk tier (with `store`, the local tier in front of the bucket).
     pub dir: PathBuf,
+    pub store: Option<StoreConfig>,
     pub max_disk_bytes: u64,
     pub max_memory_bytes: u64,
     pub max_index_memory_bytes: u64,
     pub negative_ttl: Duration,
     pub refresh_backoff: Duration,
+}
+
+/// A shared S3-compatible bucket behind the disk tier.
+#[derive(Clone, PartialEq)]
+pub struct StoreConfig {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    /// `None`: `AWS_REGION` / `AWS_DEFAULT_REGION` from the environment, else `us-east-1`.
+    pub region: Option<String>,
+    /// Empty, or ending in `/`.
+    pub prefix: String,
+    /// Access key id and secret; `None`: the AWS environment and IRSA chain.
+    pub keys: Option<(String, String)>,
+    pub lease_ttl: Duration,
+    pub timeout: Duration,
+}
+
+/// Never prints the secret.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("keys", &self.keys.as_ref().map(|(id, _)| (id, "<secret>")))
+            .finish()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -441,8 +502,81 @@ fn validate_tls(t: &RawListenTls) -> Result<ListenTls, ConfigError> {
     })
 }
 
+fn validate_store(s: &RawStore) -> Result<Option<StoreConfig>, ConfigError> {
+    match s.kind.as_str() {
+        "disk" => return Ok(None),
+        "s3" => {}
+        k => return Err(err(format!("cache.store.kind: {k:?} is not disk or s3"))),
+    }
+    let bucket = s
+        .bucket
+        .clone()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| err("cache.store.bucket: name the bucket"))?;
+    if let Some(e) = &s.endpoint {
+        let u = url::Url::parse(e)
+            .map_err(|_| err(format!("cache.store.endpoint: {e:?} is not a URL")))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(err("cache.store.endpoint: use http:// or https://"));
+        }
+    }
+    let prefix = match s.prefix.as_deref().map(|p| p.trim_matches('/')) {
+        None | Some("") => String::new(),
+        Some(p) => format!("{p}/"),
+    };
+    let keys = match &s.credentials {
+        None => None,
+        Some(c) => {
+            fn one(
+                env: &Option<String>,
+                file: &Option<String>,
+                what: &str,
+            ) -> Result<String, ConfigError> {
+                match (env, file) {
+                    (Some(var), None) => std::env::var(var).map_err(|_| {
+                        err(format!(
+                            "cache.store.credentials.{what}_env: environment variable {var} is not set"
+                        ))
+                    }),
+                    (None, Some(path)) => std::fs::read_to_string(path)
+                        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                        .map_err(|e| {
+                            err(format!(
+                                "cache.store.credentials.{what}_file: cannot read {path}: {e}"
+                            ))
+                        }),
+                    _ => Err(err(format!(
+                        "cache.store.credentials: give one of {what}_env or {what}_file"
+                    ))),
+                }
+            }
+            Some((
+                one(&c.access_key_id_env, &c.access_key_id_file, "access_key_id")?,
+                one(
+                    &c.secret_access_key_env,
+                    &c.secret_access_key_file,
+                    "secret_access_key",
+                )?,
+            ))
+        }
+    };
+    Ok(Some(StoreConfig {
+        bucket,
+        endpoint: s.endpoint.clone(),
+        region: s.region.clone(),
+        prefix,
+        keys,
+        lease_ttl: duration(&s.lease_ttl, "cache.store.lease_ttl", 30)?,
+        timeout: duration(&s.timeout, "cache.store.timeout", 5)?,
+    }))
+}
+
 fn validate_cache(c: &RawCache) -> Result<CacheConfig, ConfigError> {
     Ok(CacheConfig {
+        store: match &c.store {
+            Some(s) => validate_store(s)?,
+            None => None,
+        },
         verify_on_read: c.verify_on_read,
         dir: PathBuf::from(c.dir.as_deref().unwrap_or("./chartbridge-data")),
         max_disk_bytes: size(&c.max_disk_bytes, "cache.max_disk_bytes", 10 << 30)?,

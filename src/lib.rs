@@ -41,8 +41,12 @@
 //!   single-flight and the `Tee`; derived values within a memory budget; `Links`, which
 //!   repository may name which digest), over the storage traits: `BlobStore` (`DiskStore`,
 //!   content-addressed, LRU, verify-on-read; the memory tier in front) and `RefStore`
-//!   (`DiskRefs`, small named values listed by prefix), each with a conformance test.
-//! - `upstream`: the only outbound HTTP: one client per upstream with timeouts, retries and
+//!   (`DiskRefs`, small named values listed by prefix), each with a conformance test; and
+//!   `bucket`, the same two traits on a shared S3-compatible bucket (`BucketStore` with the
+//!   disk as its local tier, `BucketRefs`), with the cross-replica claim on cold blobs
+//!   (`BlobStore::claim`) that the read-through cache asks before any upstream fetch.
+//! - `upstream`: the only outbound HTTP to upstreams (the bucket is reached by `object_store`
+//!   in `cache::bucket`): one client per upstream with timeouts, retries and
 //!   offline mode (`mod`), the SSRF `guard` (public hosts on 80/443 or `allow_hosts`, the
 //!   upstream's own host on its own port, no private addresses; checked on URLs, redirects and
 //!   DNS), and `registry` (Bearer/Basic auth, token cache).
@@ -61,8 +65,7 @@
 //!   access log reads.
 //! - `error`: the domain error (kind, message, source; no HTTP status).
 //!
-//! Room left for what comes next: a shared S3-compatible store is another `BlobStore` and
-//! `RefStore` implementation under the same `Cache`; every derived
+//! Every derived
 //! artifact (manifests, config blobs, rewritten indexes) is a pure function of upstream bytes,
 //! so replicas and bundles agree without coordination.
 

@@ -81,6 +81,8 @@ struct Metrics {
     index_memory: Gauge,
     connections_closed: Family<OutcomeLabels, Counter>,
     auth_failures: Family<OutcomeLabels, Counter>,
+    store_degraded: Gauge,
+    leases: Family<OutcomeLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -101,6 +103,8 @@ fn metrics() -> &'static Metrics {
             latest: Counter::default(),
             disk_bytes: Gauge::default(),
             disk_blobs: Gauge::default(),
+            store_degraded: Gauge::default(),
+            leases: Family::default(),
             write_failures: Counter::default(),
             reloads: Family::default(),
             open_connections: Gauge::default(),
@@ -183,6 +187,16 @@ fn metrics() -> &'static Metrics {
             "config_reloads",
             "Configuration reloads on SIGHUP, by outcome (ok, refused)",
             m.reloads.clone(),
+        );
+        r.register(
+            "store_degraded",
+            "1 while the shared object store (cache.store) fails or times out, else 0",
+            m.store_degraded.clone(),
+        );
+        r.register(
+            "store_leases",
+            "Cross-replica claims on cold blobs, by outcome (taken, waited, taken_over)",
+            m.leases.clone(),
         );
         r.register(
             "open_connections",
@@ -387,6 +401,18 @@ pub fn evicted() {
 
 pub fn latest_synthesized() {
     metrics().latest.inc();
+}
+
+pub fn store_degraded(degraded: bool) {
+    metrics().store_degraded.set(i64::from(degraded));
+}
+
+/// A cross-replica claim: `taken`, `waited` (another replica fetched) or `taken_over`.
+pub fn lease(outcome: &'static str) {
+    metrics()
+        .leases
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
 }
 
 pub fn disk_usage(bytes: u64, blobs: usize) {

@@ -170,3 +170,87 @@ fn the_chart_renders_tls_and_its_config_is_valid() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// `store.kind: s3` renders a Deployment (an emptyDir local tier) with an autoscaler instead of
+/// the StatefulSet, and its configuration is one chartbridge accepts; a missing bucket is
+/// refused at render time.
+#[test]
+fn the_chart_renders_the_shared_store_mode_and_its_config_is_valid() {
+    let helm = Helm::new("v4.1.4");
+    let values = [
+        "--set",
+        "store.kind=s3",
+        "--set",
+        "store.s3.bucket=chartbridge",
+        "--set",
+        "store.s3.endpoint=http://garage.infra.svc:3900",
+        "--set",
+        "store.s3.region=garage",
+        "--set",
+        "store.s3.prefix=prod/",
+        "--set",
+        "store.s3.existingSecret=chartbridge-s3",
+        "--set",
+        "store.s3.leaseTtl=30s",
+        "--set",
+        "store.s3.timeout=5s",
+        "--set",
+        "autoscaling.enabled=true",
+        "--set",
+        "pdb.enabled=true",
+        "--set",
+        "metrics.enabled=true",
+        "--set",
+        "serviceMonitor.enabled=true",
+    ];
+    let mut args = vec!["lint", "--strict", CHART];
+    args.extend(values);
+    helm.run(&args);
+    let mut args = vec!["template", "cb", CHART];
+    args.extend(values);
+    let out = helm.run(&args);
+    for kind in [
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ] {
+        assert!(out.contains(&format!("kind: {kind}")), "no {kind}");
+    }
+    assert!(!out.contains("kind: StatefulSet") && !out.contains("volumeClaimTemplates"));
+    assert!(out.contains("S3_ACCESS_KEY_ID") && out.contains("emptyDir"));
+    let mut args = vec![
+        "template",
+        "cb",
+        CHART,
+        "--show-only",
+        "templates/configmap.yaml",
+    ];
+    args.extend(values);
+    let cm = helm.run(&args);
+    let doc: serde_json::Value = serde_saphyr::from_str(&cm).unwrap();
+    let config = doc["data"]["chartbridge.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chartbridge.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_chartbridge"))
+        .args(["check-config", path.to_str().unwrap()])
+        .env("S3_ACCESS_KEY_ID", "x")
+        .env("S3_SECRET_ACCESS_KEY", "y")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}\n{config}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let missing = helm.try_run(&["template", "cb", CHART, "--set", "store.kind=s3"]);
+    assert!(
+        missing
+            .as_ref()
+            .is_err_and(|e| e.contains("store.s3.bucket")),
+        "{missing:?}"
+    );
+}

@@ -19,6 +19,7 @@ mod oci_api;
 mod oci_upstream;
 mod operate;
 mod registry_auth;
+mod shared_store;
 mod spec;
 mod tls;
 mod upstream_faults;

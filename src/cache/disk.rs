@@ -67,6 +67,17 @@ impl DiskStore {
         self.root.join("sha256").join(d.hex())
     }
 
+    /// The file of a stored blob, if this store holds it.
+    pub fn path_of(&self, d: &Digest) -> Option<PathBuf> {
+        let held = self
+            .state
+            .lock()
+            .expect("disk state poisoned")
+            .entries
+            .contains_key(d);
+        held.then(|| self.blob_path(d))
+    }
+
     /// Bytes currently stored.
     pub fn used_bytes(&self) -> u64 {
         self.state.lock().expect("disk state poisoned").used

@@ -15,6 +15,7 @@
 //! Calls nothing above it; knows nothing of HTTP or upstreams.
 
 mod background;
+mod bucket;
 mod disk;
 mod flight;
 mod links;
@@ -29,6 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use background::Background;
+pub use bucket::{Bucket, BucketRefs, BucketStore};
 pub use disk::DiskStore;
 pub use disk::DiskWriter;
 pub use flight::Flight;
@@ -88,6 +90,20 @@ pub trait BlobStore: Send + Sync {
     async fn put_file(&self, digest: &Digest, path: &std::path::Path) -> Result<()>;
     /// Bytes held and the most this store may hold.
     fn usage(&self) -> (u64, u64);
+    /// Called before fetching a blob the store lacks from an upstream: whether this process
+    /// should fetch it (holding the returned guard until the blob is stored), or another
+    /// process sharing the store fetched it meanwhile. A store of one process: always fetch.
+    async fn claim(&self, _digest: &Digest) -> Claim {
+        Claim::Mine(None)
+    }
+}
+
+/// The answer to `BlobStore::claim`.
+pub enum Claim {
+    /// Fetch it; the guard (if any) keeps other processes waiting until it is dropped.
+    Mine(Option<Box<dyn Send + Sync>>),
+    /// Another process stored it: read it from the store.
+    Present,
 }
 
 /// A blob being written in chunks. Nothing is visible under the digest until `commit`, which

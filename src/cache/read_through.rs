@@ -29,7 +29,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use super::{BlobCache, BlobData, BlobWrite, Flight, Links, RefName, RefStore, Tee};
+use super::{BlobCache, BlobData, BlobWrite, Claim, Flight, Links, RefName, RefStore, Tee};
 use crate::error::{digest_mismatch, Error, Kind, Result};
 use crate::ids::{ByteRange, Digest};
 
@@ -554,6 +554,17 @@ impl Cache {
         let result = self
             .blob_flight
             .run(key.clone(), async move {
+                // Another replica sharing the store may be fetching it already.
+                let _claim = match this.blobs.store().claim(&k.digest).await {
+                    Claim::Present => {
+                        if let Some(bytes) = this.blobs.get(&k.digest).await? {
+                            this.links.add(&k.upstream, &k.repo, &k.digest).await;
+                            return Ok(bytes);
+                        }
+                        None
+                    }
+                    Claim::Mine(guard) => guard,
+                };
                 let bytes = fetch().await?;
                 let actual = Digest::of(&bytes);
                 if actual != k.digest {
@@ -801,6 +812,15 @@ impl Cache {
         Fut: Future<Output = Result<(u64, BodyStream)>>,
     {
         let d = &key.digest;
+        // Another replica sharing the store may be fetching it already: then wait for it and
+        // end without a length, so every request here reads it from the store.
+        let _claim = match self.blobs.store().claim(d).await {
+            Claim::Present => {
+                self.links.add(&key.upstream, &key.repo, d).await;
+                return Ok(());
+            }
+            Claim::Mine(guard) => guard,
+        };
         let started = async {
             let (len, body) = fetch().await?;
             if len > max_len {

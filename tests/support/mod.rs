@@ -10,11 +10,13 @@ pub mod fault;
 mod helm;
 mod layout;
 mod registry;
+mod s3;
 mod web;
 
 pub use helm::*;
 pub use layout::*;
 pub use registry::*;
+pub use s3::*;
 pub use web::*;
 
 use std::net::{TcpListener, TcpStream};
@@ -172,6 +174,8 @@ fn start_chartbridge(
         .arg("--config")
         .arg(dir.path().join("config.yaml"))
         .env("RUST_LOG", log_filter)
+        .env("CB_TEST_S3_KEY", "AK")
+        .env("CB_TEST_S3_SECRET", "SK")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()

@@ -63,6 +63,18 @@ Certificate writes when tls.certManager.enabled).
 {{- end }}
 
 {{/*
+Name of the pods' ServiceAccount: serviceAccount.name, or <fullname> when serviceAccount.create;
+empty (the namespace's default ServiceAccount, no serviceAccountName) otherwise.
+*/}}
+{{- define "chartbridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "chartbridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
 Whether the plain HTTP listener (listen: 0.0.0.0:5000, port "http") exists: "true" or "".
 */}}
 {{- define "chartbridge.plain" -}}
@@ -118,6 +130,33 @@ crash-looping the pod (chartbridge refuses unknown keys at start-up).
 {{- end }}
 {{- if and .Values.defaultUpstream (not (has .Values.defaultUpstream $names)) }}
 {{- fail (printf "defaultUpstream: no upstream named %q" .Values.defaultUpstream) }}
+{{- end }}
+{{- $store := .Values.store }}
+{{- if not (has $store.kind (list "disk" "s3")) }}
+{{- fail (printf "store.kind: %q is not disk or s3" (toString $store.kind)) }}
+{{- end }}
+{{- if eq $store.kind "s3" }}
+{{- if not $store.s3.bucket }}
+{{- fail "store.kind s3 needs store.s3.bucket (the bucket's name)" }}
+{{- end }}
+{{- if and $store.s3.endpoint (not (regexMatch "^https?://" (toString $store.s3.endpoint))) }}
+{{- fail (printf "store.s3.endpoint: %q is not an http:// or https:// URL" (toString $store.s3.endpoint)) }}
+{{- end }}
+{{- if and $store.s3.existingSecret (not (and $store.s3.accessKeyIdKey $store.s3.secretAccessKeyKey)) }}
+{{- fail "store.s3.existingSecret needs store.s3.accessKeyIdKey and store.s3.secretAccessKeyKey" }}
+{{- end }}
+{{- end }}
+{{- $hpa := .Values.autoscaling }}
+{{- if $hpa.enabled }}
+{{- if ne $store.kind "s3" }}
+{{- fail "autoscaling.enabled needs store.kind s3: with the disk store each pod has its own cache (a StatefulSet), scale it with replicaCount" }}
+{{- end }}
+{{- if gt (int $hpa.minReplicas) (int $hpa.maxReplicas) }}
+{{- fail (printf "autoscaling.minReplicas (%d) is above autoscaling.maxReplicas (%d)" (int $hpa.minReplicas) (int $hpa.maxReplicas)) }}
+{{- end }}
+{{- if not (and .Values.resources .Values.resources.requests .Values.resources.requests.cpu) }}
+{{- fail "autoscaling.enabled needs resources.requests.cpu: the CPU utilization target is relative to it" }}
+{{- end }}
 {{- end }}
 {{- $tls := .Values.tls }}
 {{- if $tls.enabled }}
