@@ -13,4 +13,6 @@ done
 cargo build --release --locked
 # ONLY=airgap runs benches/airgap.py (warm, export, import) instead, writing RESULTS-airgap.md
 if [ "${ONLY:-}" = airgap ]; then exec python3 benches/airgap.py; fi
+# ONLY=store runs benches/shared_store.py (a replica on a bucket against one on its disk)
+if [ "${ONLY:-}" = store ]; then exec python3 benches/shared_store.py; fi
 exec python3 benches/load.py
