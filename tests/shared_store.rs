@@ -113,6 +113,47 @@ fn what_one_replica_fetched_another_serves_with_every_upstream_stopped() {
         blobs(via_b.path()),
         "the same image, digest for digest"
     );
+    // a bucket object damaged behind chartbridge's back: a replica that has not got it
+    // streams it verified, so no client gets the wrong bytes whole and nothing is cached
+    let big_layer = blobs(via_a.path())
+        .into_iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .map(|h| {
+            (
+                std::fs::metadata(via_a.path().join("blobs/sha256").join(&h))
+                    .unwrap()
+                    .len(),
+                h,
+            )
+        })
+        .max()
+        .unwrap()
+        .1;
+    let object = s3
+        .dir
+        .path()
+        .join("chartbridge/shared/blobs/sha256")
+        .join(&big_layer);
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&object, &bytes).unwrap();
+    let c = replica(&s3, &ups, "30s");
+    oci_manifest(&c, "/v2/reg/team/app/manifests/v1.0.0");
+    let got = client()
+        .get(format!(
+            "{}/v2/reg/team/app/blobs/sha256:{big_layer}",
+            c.url()
+        ))
+        .send()
+        .and_then(|r| r.bytes());
+    assert!(
+        got.map_or(true, |b| b.as_ref() != bytes.as_slice()),
+        "the damaged object never reaches a client whole"
+    );
+    assert!(
+        !c.dir.path().join("cache/sha256").join(&big_layer).exists(),
+        "nor the local tier"
+    );
     // the mirror view of B too: helm repo add + pull, from the bucket's copy of the index
     let helm = Helm::new("v4.1.4");
     helm.run(&["repo", "add", "b", &format!("{}/charts", b.url())]);

@@ -537,6 +537,44 @@ impl BlobStore for BucketStore {
         Ok(None)
     }
 
+    async fn read_near(&self, d: &Digest) -> Result<Option<BlobData>> {
+        if let Some(data) = self.local.read(d).await? {
+            return Ok(Some(data));
+        }
+        match self
+            .bucket
+            .head(&self.bucket.blob_key(d)?)
+            .await
+            .unwrap_or(None)
+        {
+            Some(size) if size <= SMALL => Ok(self.get(d).await?.map(BlobData::Bytes)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn stream(&self, d: &Digest) -> Result<Option<(u64, super::BodyStream)>> {
+        let key = self.bucket.blob_key(d)?;
+        let got = match tokio::time::timeout(self.bucket.timeout, self.bucket.s3.get(&key)).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(object_store::Error::NotFound { .. })) => return Ok(None),
+            Ok(Err(e)) => {
+                self.bucket.seen(false, "get", Some(&e.to_string()));
+                return Ok(None);
+            }
+            Err(_) => {
+                self.bucket.seen(false, "get", Some("timed out"));
+                return Ok(None);
+            }
+        };
+        crate::metrics::cache_lookup("bucket", true);
+        let len = got.meta.size;
+        let body = got
+            .into_stream()
+            .map(|c| c.map_err(|e| Error::internal(format!("object store: {e}"))))
+            .boxed();
+        Ok(Some((len, body)))
+    }
+
     async fn read_range(&self, d: &Digest, start: u64, end: u64) -> Result<Option<Bytes>> {
         if let Some(b) = self.local.read_range(d, start, end).await? {
             return Ok(Some(b));
@@ -653,6 +691,10 @@ impl BlobWrite for BucketWrite {
             .take()
             .ok_or_else(|| Error::internal("double commit"))?;
         inner.commit().await?;
+        // A blob streamed from the bucket itself is there already.
+        if let Ok(Some(_)) = self.bucket.head(&self.bucket.blob_key(&self.digest)?).await {
+            return Ok(());
+        }
         // Up to the bucket from the committed local file (verified; read while it is there).
         match self.local.path_of(&self.digest) {
             Some(path) => self.bucket.upload_file(&self.digest, &path).await,

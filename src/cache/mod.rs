@@ -90,6 +90,16 @@ pub trait BlobStore: Send + Sync {
     async fn put_file(&self, digest: &Digest, path: &std::path::Path) -> Result<()>;
     /// Bytes held and the most this store may hold.
     fn usage(&self) -> (u64, u64);
+    /// What this process can serve at once: as `read`, except that a blob only a shared
+    /// store holds, too big to fetch whole first, is `None` (`stream` it instead).
+    async fn read_near(&self, digest: &Digest) -> Result<Option<BlobData>> {
+        self.read(digest).await
+    }
+    /// A blob another process put in a shared store, as its length and chunks, for a caller
+    /// that verifies it as it would an upstream's. `None` when there is no such store or blob.
+    async fn stream(&self, _digest: &Digest) -> Result<Option<(u64, BodyStream)>> {
+        Ok(None)
+    }
     /// Called before fetching a blob the store lacks from an upstream: whether this process
     /// should fetch it (holding the returned guard until the blob is stored), or another
     /// process sharing the store fetched it meanwhile. A store of one process: always fetch.
@@ -171,12 +181,26 @@ impl BlobCache {
 
     /// The blob for serving: small blobs as bytes (promoted to memory), big ones as a file.
     pub async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
+        self.read_from(d, false).await
+    }
+
+    /// As `read`, but a big blob only a shared store holds is `None` (see
+    /// `BlobStore::read_near`): the caller streams it.
+    pub async fn read_near(&self, d: &Digest) -> Result<Option<BlobData>> {
+        self.read_from(d, true).await
+    }
+
+    async fn read_from(&self, d: &Digest, near: bool) -> Result<Option<BlobData>> {
         if let Some(b) = self.memory.get(d).await {
             crate::metrics::cache_lookup("memory", true);
             return Ok(Some(BlobData::Bytes(b)));
         }
         crate::metrics::cache_lookup("memory", false);
-        let hit = self.disk.read(d).await?;
+        let hit = if near {
+            self.disk.read_near(d).await?
+        } else {
+            self.disk.read(d).await?
+        };
         crate::metrics::cache_lookup("disk", hit.is_some());
         match hit {
             Some(BlobData::File(mut f, n)) if n <= self.memory.max_item() => {

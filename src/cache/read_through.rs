@@ -689,7 +689,7 @@ impl Cache {
         F: Fn() -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(u64, BodyStream)>> + Send + 'static,
     {
-        if let Some(data) = self.blobs.read(&key.digest).await? {
+        if let Some(data) = self.blobs.read_near(&key.digest).await? {
             return Ok(Streamed::Data(data));
         }
         let failure_key = key.failure("blob");
@@ -812,17 +812,26 @@ impl Cache {
         Fut: Future<Output = Result<(u64, BodyStream)>>,
     {
         let d = &key.digest;
-        // Another replica sharing the store may be fetching it already: then wait for it and
-        // end without a length, so every request here reads it from the store.
-        let _claim = match self.blobs.store().claim(d).await {
-            Claim::Present => {
-                self.links.add(&key.upstream, &key.repo, d).await;
-                return Ok(());
-            }
-            Claim::Mine(guard) => guard,
+        // Another replica sharing the store may have fetched it (or be fetching it: the
+        // claim waits): then it streams from the shared store, verified like an upstream's
+        // bytes, through the same tee.
+        let (_claim, shared) = match self.blobs.store().claim(d).await {
+            Claim::Present => match self.blobs.store().stream(d).await? {
+                Some(s) => (None, Some(s)),
+                // it is there but cannot be streamed: end without a length, so every
+                // request here reads it from the store whole
+                None => {
+                    self.links.add(&key.upstream, &key.repo, d).await;
+                    return Ok(());
+                }
+            },
+            Claim::Mine(guard) => (guard, None),
         };
         let started = async {
-            let (len, body) = fetch().await?;
+            let (len, body) = match shared {
+                Some(s) => s,
+                None => fetch().await?,
+            };
             if len > max_len {
                 return Err(Error::upstream_invalid(format!(
                     "blob {d} is {len} bytes, over the {max_len} byte limit"
