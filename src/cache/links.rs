@@ -93,6 +93,20 @@ impl Links {
         true
     }
 
+    /// Records that `upstream`/`repo` holds `d` and waits until the ref is written: a fetch
+    /// links before it stores, so whoever finds the bytes (another replica on a shared
+    /// store, which requires the link) finds the link too.
+    pub async fn add_durable(&self, upstream: &str, repo: &str, d: &Digest) {
+        let name = link_name(upstream, repo, d);
+        self.known.insert(key(&name), ());
+        if matches!(self.refs.get(&name).await, Ok(Some(_))) {
+            return;
+        }
+        if let Err(e) = self.refs.put(&name, b"").await {
+            tracing::warn!(link = %name, error = %e, "link not persisted; a restart will ask the upstream again");
+        }
+    }
+
     /// Links `upstream`/`repo` to `d` and to every descriptor the manifest `bytes` references
     /// (config, layers, child manifests of an index, artifact blobs); the references once per
     /// manifest and process.

@@ -554,12 +554,22 @@ impl Cache {
         let result = self
             .blob_flight
             .run(key.clone(), async move {
-                // Another replica sharing the store may be fetching it already.
+                // A fetch for this repository that ended between the caller's look at the
+                // stores and this flight starting has linked and stored it.
+                if this.links.has(&k.upstream, &k.repo, &k.digest).await {
+                    if let Some(bytes) = this.blobs.get(&k.digest).await? {
+                        return Ok(bytes);
+                    }
+                }
+                // Another replica sharing the store may be fetching it already. What it
+                // fetched for another repository is not this one's to name: the upstream
+                // decides then.
                 let _claim = match this.blobs.store().claim(&k.digest).await {
                     Claim::Present => {
-                        if let Some(bytes) = this.blobs.get(&k.digest).await? {
-                            this.links.add(&k.upstream, &k.repo, &k.digest).await;
-                            return Ok(bytes);
+                        if this.links.has(&k.upstream, &k.repo, &k.digest).await {
+                            if let Some(bytes) = this.blobs.get(&k.digest).await? {
+                                return Ok(bytes);
+                            }
                         }
                         None
                     }
@@ -570,8 +580,11 @@ impl Cache {
                 if actual != k.digest {
                     return Err(digest_mismatch(&k.digest, &actual));
                 }
+                // linked first: see `manifest`
+                this.links
+                    .add_durable(&k.upstream, &k.repo, &k.digest)
+                    .await;
                 this.blobs.put(&k.digest, bytes.clone()).await?;
-                this.links.add(&k.upstream, &k.repo, &k.digest).await;
                 Ok(bytes)
             })
             .await;
@@ -649,19 +662,27 @@ impl Cache {
         }
         // Not `blob_bytes`: a blob stored under this digest without a media type (a layer
         // asked for as a manifest) must not pass for a manifest; the upstream decides.
-        let (this, d) = (self.clone(), key.digest.clone());
+        let (this, k) = (self.clone(), key.clone());
         let bytes = self
             .fetch_blob_once(Some("manifest"), key, move || async move {
                 let (bytes, mt) = fetch().await?;
                 // The media type is kept only for the right bytes, and before any waiter of
                 // this fetch reads it.
+                let d = &k.digest;
                 let actual = Digest::of(&bytes);
-                if actual != d {
+                if &actual != d {
                     return Err(Error::upstream_invalid(format!(
                         "manifest {d} from upstream hashes to {actual}: refused"
                     )));
                 }
-                this.put_manifest(&d, bytes.clone(), &mt).await?;
+                // Linked before it is stored: a request arriving between the two must find
+                // the repository's link with the bytes, or it asks the upstream again. A link
+                // without bytes only means a fetch.
+                this.links.add_durable(&k.upstream, &k.repo, d).await;
+                this.links
+                    .add_manifest(&k.upstream, &k.repo, d, &bytes)
+                    .await;
+                this.put_manifest(d, bytes.clone(), &mt).await?;
                 Ok(bytes)
             })
             .await?;
@@ -815,16 +836,18 @@ impl Cache {
         // Another replica sharing the store may have fetched it (or be fetching it: the
         // claim waits): then it streams from the shared store, verified like an upstream's
         // bytes, through the same tee.
+        // What it fetched for another repository is not this one's to name: then the
+        // upstream decides, as if the store did not hold it.
         let (_claim, shared) = match self.blobs.store().claim(d).await {
-            Claim::Present => match self.blobs.store().stream(d).await? {
-                Some(s) => (None, Some(s)),
-                // it is there but cannot be streamed: end without a length, so every
-                // request here reads it from the store whole
-                None => {
-                    self.links.add(&key.upstream, &key.repo, d).await;
-                    return Ok(());
+            Claim::Present if self.links.has(&key.upstream, &key.repo, d).await => {
+                match self.blobs.store().stream(d).await? {
+                    Some(s) => (None, Some(s)),
+                    // it is there but cannot be streamed: end without a length, so every
+                    // request here reads it from the store whole
+                    None => return Ok(()),
                 }
-            },
+            }
+            Claim::Present => (None, None),
             Claim::Mine(guard) => (guard, None),
         };
         let started = async {
@@ -1024,8 +1047,9 @@ async fn copy_verified(
     if let Err(e) = writer.verify() {
         return fail(e, &tx);
     }
-    // The upstream served it for this repository: it may be named there from now on.
-    links.add(&key.upstream, &key.repo, d).await;
+    // The upstream served it for this repository: it may be named there from now on
+    // (linked before the commit, so whoever finds the bytes finds the link).
+    links.add_durable(&key.upstream, &key.repo, d).await;
     if let Some(t) = tee {
         if let Some(last) = &held {
             t.release(last.clone());
@@ -1047,7 +1071,7 @@ async fn copy_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{DiskRefs, DiskStore, MemoryStore};
+    use crate::cache::{BlobStore, DiskRefs, DiskStore, MemoryStore};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     async fn cache(dir: &std::path::Path) -> Arc<Cache> {
@@ -1278,6 +1302,101 @@ mod tests {
             .blob_bytes(&other, || async { Ok(Bytes::from_static(b"expected")) })
             .await;
         assert!(again.is_ok(), "whole blobs are asked for again at once");
+    }
+
+    /// A shared store where another replica stored a blob while this one was looking:
+    /// hidden from the first look, `Present` to the claim.
+    struct StoredMeanwhile {
+        inner: DiskStore,
+        hidden: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobStore for StoredMeanwhile {
+        async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
+            if self.hidden.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            self.inner.stat(d).await
+        }
+        async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
+            if self.hidden.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            self.inner.get(d).await
+        }
+        async fn put(&self, d: &Digest, b: Bytes) -> Result<()> {
+            self.inner.put(d, b).await
+        }
+        async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
+            if self.hidden.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            self.inner.read(d).await
+        }
+        async fn read_range(&self, d: &Digest, s: u64, e: u64) -> Result<Option<Bytes>> {
+            self.inner.read_range(d, s, e).await
+        }
+        async fn begin(&self, d: &Digest) -> Result<Box<dyn BlobWrite>> {
+            self.inner.begin(d).await
+        }
+        async fn delete(&self, d: &Digest) -> Result<()> {
+            self.inner.delete(d).await
+        }
+        async fn list(&self) -> Result<Vec<(Digest, u64)>> {
+            self.inner.list().await
+        }
+        async fn put_file(&self, d: &Digest, p: &std::path::Path) -> Result<()> {
+            self.inner.put_file(d, p).await
+        }
+        fn usage(&self) -> (u64, u64) {
+            self.inner.usage()
+        }
+        async fn claim(&self, _d: &Digest) -> Claim {
+            self.hidden.store(false, Ordering::SeqCst);
+            Claim::Present
+        }
+    }
+
+    /// What another replica fetched for one repository is not served to another repository
+    /// that asked while it was being stored: that repository's upstream decides.
+    #[tokio::test]
+    async fn a_blob_another_replica_stored_for_another_repository_is_not_named_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Bytes::from_static(b"protected layer");
+        let d = Digest::of(&secret);
+        let inner = DiskStore::open(dir.path(), 1 << 30).await.unwrap();
+        inner.put(&d, secret.clone()).await.unwrap();
+        let store = Arc::new(StoredMeanwhile {
+            inner,
+            hidden: std::sync::atomic::AtomicBool::new(true),
+        });
+        let blobs = BlobCache::new(MemoryStore::new(16 << 20), store.clone());
+        let refs: Arc<dyn RefStore> = Arc::new(DiskRefs::open(dir.path()).unwrap());
+        let settings = Settings {
+            negative_ttl: Duration::from_secs(1),
+            refresh_backoff: Duration::from_secs(10),
+            derived_budget: 1 << 20,
+        };
+        let c = Arc::new(Cache::new(blobs, refs, settings));
+        let key = BlobKey::new("public", "other", &d);
+        let e = c
+            .blob_bytes(&key, || async {
+                Err(Error::new(Kind::BlobUnknown, "not in this repository"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), Kind::BlobUnknown, "the upstream decided");
+        assert!(!c.links().has("public", "other", &d).await);
+        // linked (the upstream served it here), the stored copy is what it gets
+        c.links().add_durable("public", "mine", &d).await;
+        store.hidden.store(true, Ordering::SeqCst);
+        let key = BlobKey::new("public", "mine", &d);
+        let got = c
+            .blob_bytes(&key, || async { Err(Error::upstream_unavailable("down")) })
+            .await
+            .unwrap();
+        assert_eq!(got, secret);
     }
 
     #[tokio::test]
