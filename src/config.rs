@@ -155,6 +155,9 @@ pub struct RawUpstream {
     pub tag_ttl: Option<String>,
     /// oci: `synthesize-if-missing` (default), `always` or `never`.
     pub latest: Option<String>,
+    /// Floating tags to synthesise: `major` (`X` -> highest `X.y.z`), `minor` (`X.Y`).
+    #[serde(default)]
+    pub float: Vec<String>,
     /// oci: credentials for the upstream registry.
     pub credentials: Option<RawCredentials>,
     /// oci: chart repositories listed in the upstream-level index.yaml.
@@ -249,6 +252,8 @@ pub struct Upstream {
     pub index_format: IndexFormat,
     pub tag_ttl: Duration,
     pub latest: LatestPolicy,
+    /// Floating tags (`float: [major, minor]`), both kinds of upstream.
+    pub float: crate::convert::version::Float,
     pub credentials: Option<Credentials>,
     pub charts: Vec<crate::ids::RepoName>,
     /// Timeouts, retries and offline mode.
@@ -645,6 +650,14 @@ fn validate_upstream(
             )))
         }
     };
+    let mut float = crate::convert::version::Float::default();
+    for f in &u.float {
+        match f.as_str() {
+            "major" => float.major = true,
+            "minor" => float.minor = true,
+            other => return Err(err(format!("{at}.float: {other:?} is not major or minor"))),
+        }
+    }
     let policy = validate_policy(&u, at, offline)?;
     let credentials = match u.credentials {
         Some(c) => Some(resolve_credentials(c).map_err(|e| err(format!("{at}.credentials: {e}")))?),
@@ -679,6 +692,7 @@ fn validate_upstream(
         kind,
         url,
         latest,
+        float,
         credentials,
         charts,
     })
@@ -911,6 +925,10 @@ mod tests {
                 "latest",
             ),
             (up("    latest: always\n"), "kind oci only"),
+            (
+                up("    float: [patch]\n"),
+                "float: \"patch\" is not major or minor",
+            ),
             (
                 format!("default_upstream: nope\n{}", up("")),
                 "default_upstream",

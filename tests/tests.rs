@@ -11,6 +11,7 @@ mod containerd;
 mod deploy;
 mod disk_faults;
 mod faults;
+mod floating;
 mod hardening;
 mod helm_clients;
 mod json_index;

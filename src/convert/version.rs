@@ -87,6 +87,80 @@ pub fn newest_version_tags(tags: &[String], max: usize) -> Vec<&str> {
     versions.into_iter().map(|(_, t)| t).collect()
 }
 
+/// Which floating tags an upstream offers (`float: [major, minor]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Float {
+    /// `X` (or `vX`): the highest stable `X.y.z`.
+    pub major: bool,
+    /// `X.Y` (or `vX.Y`): the highest stable `X.Y.z`.
+    pub minor: bool,
+}
+
+impl Float {
+    pub fn any(self) -> bool {
+        self.major || self.minor
+    }
+}
+
+/// The floating tags `tags` imply, each with the tag it resolves to: for every stable
+/// `X.Y.Z` tag (three numeric parts, optional `v`, build metadata as `_`), `X` and `X.Y` in the
+/// same `v` style, resolving to the highest stable tag of that line. A floating tag the
+/// upstream really has is never made (the upstream's own wins). Sorted by floating tag.
+pub fn floating_tags(tags: &[&str], float: Float) -> std::collections::BTreeMap<String, String> {
+    use std::collections::BTreeMap;
+    let mut best: BTreeMap<String, (Version, &str)> = BTreeMap::new();
+    if !float.any() {
+        return BTreeMap::new();
+    }
+    for t in tags {
+        let (v_style, bare) = match t.strip_prefix('v') {
+            Some(rest) => ("v", rest),
+            None => ("", *t),
+        };
+        let core = bare.split(['-', '_', '+']).next().unwrap_or_default();
+        if core.split('.').count() != 3 {
+            continue;
+        }
+        let Some(v) = parse_lenient(&t.replace('_', "+")) else {
+            continue;
+        };
+        if !v.pre.is_empty() {
+            continue;
+        }
+        let mut names = Vec::new();
+        if float.major {
+            names.push(format!("{v_style}{}", v.major));
+        }
+        if float.minor {
+            names.push(format!("{v_style}{}.{}", v.major, v.minor));
+        }
+        for n in names {
+            let better = match best.get(&n) {
+                Some((b, bt)) => precedence((&v, t), (b, bt)) == Ordering::Greater,
+                None => true,
+            };
+            if better {
+                best.insert(n, (v.clone(), t));
+            }
+        }
+    }
+    best.into_iter()
+        .filter(|(n, _)| !tags.contains(&n.as_str()))
+        .map(|(n, (_, t))| (n, t.to_string()))
+        .collect()
+}
+
+/// Whether `tag` has the shape of a floating tag (`X`, `X.Y`, optional `v`): only those are
+/// looked up in the tag list before they are resolved.
+pub fn may_float(tag: &str) -> bool {
+    let bare = tag.strip_prefix('v').unwrap_or(tag);
+    let parts: Vec<&str> = bare.split('.').collect();
+    parts.len() <= 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The literal tag clients use for "the newest".
 pub const LATEST: &str = "latest";
 
@@ -140,6 +214,58 @@ mod tests {
         for bad in ["", "v", "1.2.3.4", "a.b.c", "1..2", "latest", "1.2.3-"] {
             assert!(parse_lenient(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_short_numeric_tags_may_float() {
+        for t in ["1", "v1", "0.16", "v0.16"] {
+            assert!(may_float(t), "{t}");
+        }
+        for t in ["v1.2.3", "latest", "v", "", "1.", "1.x", "v1.2-rc"] {
+            assert!(!may_float(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn floating_tags_follow_the_highest_stable_of_their_line() {
+        let both = Float {
+            major: true,
+            minor: true,
+        };
+        let tags = [
+            "v1.0.0",
+            "v1.2.0",
+            "v1.2.3",
+            "v2.0.0-rc.1",
+            "v2.0.0",
+            "v1",
+            "latest",
+        ];
+        let f = floating_tags(&tags, both);
+        let get = |k: &str| f.get(k).map(String::as_str);
+        assert_eq!(get("v1.2"), Some("v1.2.3"));
+        assert_eq!(get("v1.0"), Some("v1.0.0"));
+        assert_eq!(get("v2"), Some("v2.0.0"), "a prerelease never floats");
+        assert_eq!(get("v2.0"), Some("v2.0.0"));
+        assert_eq!(get("v1"), None, "the upstream's own v1 is not shadowed");
+        assert_eq!(f.len(), 4);
+        // without v, with build metadata as `_`, only the lines asked for
+        let f = floating_tags(
+            &["0.16.0", "0.16.2_build.1", "0.17.1", "1.2", "x.y.z"],
+            Float {
+                major: false,
+                minor: true,
+            },
+        );
+        assert_eq!(
+            f.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("0.16".to_string(), "0.16.2_build.1".to_string()),
+                ("0.17".to_string(), "0.17.1".to_string())
+            ],
+            "two-part versions do not float; no majors"
+        );
+        assert!(floating_tags(&tags, Float::default()).is_empty());
     }
 
     #[test]

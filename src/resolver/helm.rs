@@ -22,7 +22,7 @@ use crate::convert::index::{
     parse_index, parse_oci_url, rewrite, CompactIndex, Entry, IndexLimits,
 };
 use crate::convert::manifest::{chart_layers, synthesize, BlobRef, ChartArtifact, OCI_MANIFEST};
-use crate::convert::version;
+use crate::convert::version::{self, Float};
 use crate::error::{digest_mismatch, Error, Kind, Result};
 use crate::ids::{Digest, Tag};
 use crate::upstream::{redact, Fetch, Registry, UpstreamClient, Validators, MANIFEST_ACCEPT};
@@ -225,10 +225,12 @@ impl HelmUpstream {
     /// Where the parsed content of one index version lives among the derived values.
     fn content_key(&self, meta: &IndexMeta) -> String {
         format!(
-            "index\0{}\0{}\0{}\0{}",
+            "index\0{}\0{}\0{}\0{:?}\0{}",
             self.name(),
             self.config.url,
             self.config.index_format.as_str(),
+            // the tag lists and manifests memoised with the content depend on it
+            self.config.float,
             meta.digest
         )
     }
@@ -419,8 +421,9 @@ impl HelmUpstream {
             })
     }
 
-    /// The chart's OCI tags (valid tags only), with `latest` where it is synthesised.
-    pub fn tags(state: &IndexContent, chart: &str) -> Result<Arc<Vec<String>>> {
+    /// The chart's OCI tags (valid tags only), with `latest` where it is synthesised and the
+    /// floating tags `float` asks for.
+    pub fn tags(state: &IndexContent, chart: &str, float: Float) -> Result<Arc<Vec<String>>> {
         let cached = state
             .tag_lists
             .lock()
@@ -431,12 +434,17 @@ impl HelmUpstream {
             return Ok(tags);
         }
         let versions: Vec<&str> = Self::entries(state, chart)?.map(|v| v.version).collect();
-        let tags: Arc<Vec<String>> = Arc::new(
-            version::tag_list(&versions)
-                .into_iter()
-                .filter(|t| t.parse::<Tag>().is_ok())
-                .collect(),
-        );
+        let mut tags: Vec<String> = version::tag_list(&versions)
+            .into_iter()
+            .filter(|t| t.parse::<Tag>().is_ok())
+            .collect();
+        if float.any() {
+            let plain: Vec<&str> = tags.iter().map(String::as_str).collect();
+            let floating: Vec<String> = version::floating_tags(&plain, float).into_keys().collect();
+            tags.extend(floating);
+            tags.sort();
+        }
+        let tags = Arc::new(tags);
         state
             .tag_lists
             .lock()
@@ -446,9 +454,17 @@ impl HelmUpstream {
     }
 
     /// Resolves a tag to a version of the chart, in one index snapshot.
-    pub fn resolve(state: &IndexContent, chart: &str, tag: &Tag) -> Result<Resolved> {
+    pub fn resolve(state: &IndexContent, chart: &str, tag: &Tag, float: Float) -> Result<Resolved> {
         let versions: Vec<&str> = Self::entries(state, chart)?.map(|v| v.version).collect();
-        let found = version::resolve_tag(&versions, tag.as_str()).ok_or_else(|| {
+        let floated = (float.any() && version::may_float(tag.as_str()))
+            .then(|| {
+                let tags = version::tag_list(&versions);
+                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                version::floating_tags(&tags, float).remove(tag.as_str())
+            })
+            .flatten();
+        let wanted = floated.as_deref().unwrap_or(tag.as_str());
+        let found = version::resolve_tag(&versions, wanted).ok_or_else(|| {
             Error::new(
                 Kind::ManifestUnknown,
                 format!("chart {chart:?} has no version for tag {tag:?}"),
@@ -734,7 +750,7 @@ impl HelmUpstream {
         if let Some(m) = state.manifests.lock().expect("manifest memo").get(&key) {
             return Ok(m.clone());
         }
-        let resolved = Self::resolve(state, chart, tag)?;
+        let resolved = Self::resolve(state, chart, tag, self.config.float)?;
         let at = self.locate(state, chart, &resolved.version)?;
         let m = TagManifest {
             manifest: self.manifest(&at).await?,

@@ -176,6 +176,15 @@ impl OciUpstream {
         version::highest_stable(tags.iter().map(String::as_str)).map(str::to_string)
     }
 
+    /// The floating tags (`float:`) the upstream's tags imply, each with its target.
+    fn floating(&self, tags: &[String]) -> std::collections::BTreeMap<String, String> {
+        if !self.config.float.any() {
+            return Default::default();
+        }
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        version::floating_tags(&tags, self.config.float)
+    }
+
     /// The upstream's tags of a repository (no synthesised `latest`).
     pub async fn tags_upstream_only(
         self: &Arc<Self>,
@@ -194,6 +203,7 @@ impl OciUpstream {
             if self.latest_target(&tags).is_some() {
                 tags.push(version::LATEST.to_string());
             }
+            tags.extend(self.floating(list.as_ref()).into_keys());
             tags.sort();
             tags.dedup();
             tags
@@ -218,6 +228,13 @@ impl OciUpstream {
                     let tags = self.upstream_tags(&up).await?;
                     if let Some(target) = self.latest_target(&tags.value) {
                         crate::metrics::latest_synthesized();
+                        tag = target;
+                    }
+                    from = tags.map(|_| ());
+                } else if self.config.float.any() && version::may_float(&tag) {
+                    // a floating tag follows the tag list (re-read every `tag_ttl`)
+                    let tags = self.upstream_tags(&up).await?;
+                    if let Some(target) = self.floating(&tags.value).remove(&tag) {
                         tag = target;
                     }
                     from = tags.map(|_| ());

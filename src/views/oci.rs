@@ -78,7 +78,7 @@ pub async fn tags(
     let all = match src {
         Source::Helm(h) => {
             let index = h.index().await?;
-            let tags = HelmUpstream::tags(&index.value, chart(repo)?)?;
+            let tags = HelmUpstream::tags(&index.value, chart(repo)?, h.config.float)?;
             index.map(|_| tags)
         }
         Source::Oci(o) => o.tags(repo).await?.map(std::sync::Arc::new),
