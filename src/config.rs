@@ -746,7 +746,7 @@ fn validate_access(
     Ok(Some(std::sync::Arc::new(loaded)))
 }
 
-fn resolve_credentials(c: RawCredentials) -> Result<Credentials, String> {
+pub fn resolve_credentials(c: RawCredentials) -> Result<Credentials, String> {
     fn one(
         inline: Option<String>,
         env: Option<String>,

@@ -56,6 +56,11 @@
 //!   `serve` does), `bundle` (export the cache as an OCI image layout, tar or directory,
 //!   streaming `BlobStore::list`/`RefStore::list`; import it back, staged and verified whole
 //!   before anything becomes visible).
+//! - `publish`: `chartbridge sync`, beside the request path like `airgap`: reads an upstream
+//!   through the same resolvers (so what it pushes is exactly what `serve` answers) and pushes
+//!   it into a registry with its own push client (`publish::target`: HEAD, mount, upload,
+//!   manifests by digest, then tags; Basic and token auth, CA file, plain HTTP).
+//! - `progress`: the terminal bars and plain lines of `warm` and `sync`.
 //! - `config`: YAML config in two stages (`RawConfig` -> validated `Config`), embedded default.
 //! - `policy`: how an upstream is reached (timeouts, retries, offline, SSRF allowances,
 //!   credentials): data shared by `config` and `upstream`, which do not import each other.
@@ -80,6 +85,8 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod policy;
+pub mod progress;
+pub mod publish;
 pub mod resolver;
 pub mod route;
 pub mod server;

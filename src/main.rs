@@ -71,6 +71,51 @@ enum Command {
         #[arg(long = "image")]
         images: Vec<String>,
     },
+    /// Push an upstream's charts (or images) into a registry: blobs, manifests by digest, then
+    /// tags; what the registry has is skipped (status 1 when anything failed).
+    Sync {
+        #[arg(long)]
+        config: PathBuf,
+        /// The upstream to read (a name from the configuration).
+        #[arg(long)]
+        from: String,
+        /// The registry and repository prefix: oci://host[:port]/prefix.
+        #[arg(long)]
+        to: String,
+        /// Only this chart (helm upstream) or repository (OCI upstream; repeatable).
+        #[arg(long = "chart")]
+        charts: Vec<String>,
+        /// Only versions matching this: an exact version, a range such as '>=0.13 <1', latest.
+        #[arg(long)]
+        versions: Option<String>,
+        /// Also push the synthesised `latest` and floating tags that point at pushed versions.
+        #[arg(long)]
+        floating: bool,
+        /// Only list what would be pushed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Speak plain HTTP to the registry (as helm spells it).
+        #[arg(long)]
+        plain_http: bool,
+        /// PEM file of the CA(s) that signed the registry's certificate.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Registry user name, inline (or --username-env / --username-file).
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        username_env: Option<String>,
+        #[arg(long)]
+        username_file: Option<String>,
+        /// The registry password or token, from an environment variable or a file.
+        #[arg(long)]
+        password_env: Option<String>,
+        #[arg(long)]
+        password_file: Option<String>,
+        /// Versions pushed at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
     /// Verify a bundle whole, then load it into the cache (run it while `serve` is stopped).
     Import {
         #[arg(long)]
@@ -174,6 +219,71 @@ fn main() -> anyhow::Result<()> {
             );
             for s in &r.skipped {
                 println!("  skipped (no such upstream here): {s}");
+            }
+            Ok(())
+        }
+        Command::Sync {
+            config,
+            from,
+            to,
+            charts,
+            versions,
+            floating,
+            dry_run,
+            plain_http,
+            ca_file,
+            username,
+            username_env,
+            username_file,
+            password_env,
+            password_file,
+            concurrency,
+        } => {
+            let c = load(&config)?;
+            let given = username.is_some()
+                || username_env.is_some()
+                || username_file.is_some()
+                || password_env.is_some()
+                || password_file.is_some();
+            let credentials = given
+                .then(|| {
+                    chartbridge::config::resolve_credentials(chartbridge::config::RawCredentials {
+                        username,
+                        username_env,
+                        username_file,
+                        password_env,
+                        password_file,
+                        password: None,
+                        allow_inline_password: false,
+                    })
+                })
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("credentials: {e}"))?;
+            let target = chartbridge::publish::target::Target::new(
+                &to,
+                plain_http,
+                ca_file.as_deref(),
+                credentials,
+            )?;
+            let opts = chartbridge::publish::SyncOptions {
+                from,
+                charts,
+                versions,
+                floating,
+                dry_run,
+                concurrency,
+            };
+            let started = std::time::Instant::now();
+            let summary = runtime()?.block_on(async {
+                let app = App::new(c).await?;
+                let s = chartbridge::publish::sync(&app, &target, &opts).await;
+                app.cache().flush().await;
+                anyhow::Ok(s?)
+            })?;
+            print!("{summary}");
+            println!("sync: done in {:.1} s", started.elapsed().as_secs_f64());
+            if !summary.failed.is_empty() {
+                std::process::exit(1);
             }
             Ok(())
         }

@@ -22,5 +22,6 @@ mod operate;
 mod registry_auth;
 mod shared_store;
 mod spec;
+mod sync;
 mod tls;
 mod upstream_faults;

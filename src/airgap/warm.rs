@@ -3,8 +3,6 @@
 //! progress bar per item on a terminal and plain lines otherwise. Idempotent: what is cached is
 //! not fetched again (tags and indexes are still revalidated, which costs a HEAD or a 304).
 
-use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -16,6 +14,7 @@ use crate::convert::manifest::chart_layers;
 use crate::convert::version;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{Digest, Reference, RepoName, Tag};
+use crate::progress::Progress;
 use crate::resolver::oci::BlobAnswer;
 use crate::resolver::{HelmUpstream, OciUpstream, Source};
 
@@ -57,9 +56,7 @@ impl std::fmt::Display for Summary {
     }
 }
 
-pub fn human_bytes(n: u64) -> String {
-    indicatif::HumanBytes(n).to_string()
-}
+pub use crate::progress::human_bytes;
 
 /// One thing to fetch.
 enum Item {
@@ -107,85 +104,12 @@ struct Outcome {
     images: Vec<(String, Vec<String>)>,
 }
 
-/// Progress on a terminal (bars) or in plain lines.
-struct Progress {
-    multi: Option<indicatif::MultiProgress>,
-    overall: Option<indicatif::ProgressBar>,
-    bytes: AtomicU64,
-}
-
-impl Progress {
-    fn new() -> Progress {
-        let tty = std::io::stderr().is_terminal();
-        let multi = tty.then(indicatif::MultiProgress::new);
-        let overall = multi.as_ref().map(|m| {
-            let bar = m.add(indicatif::ProgressBar::new(0));
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} warm [{elapsed_precise}] {pos}/{len} items, {msg}",
-                )
-                .expect("a valid template"),
-            );
-            bar
-        });
-        Progress {
-            multi,
-            overall,
-            bytes: AtomicU64::new(0),
-        }
-    }
-
-    fn add_items(&self, n: usize) {
-        if let Some(b) = &self.overall {
-            b.inc_length(n as u64);
-        }
-    }
-
-    fn item(&self, name: &str) -> Option<indicatif::ProgressBar> {
-        let m = self.multi.as_ref()?;
-        let bar = m.add(indicatif::ProgressBar::new_spinner());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("  {spinner} {msg} {bytes}")
-                .expect("a valid template"),
-        );
-        bar.set_message(name.to_string());
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        Some(bar)
-    }
-
-    fn fetched(&self, bar: Option<&indicatif::ProgressBar>, n: u64) {
-        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
-        if let Some(b) = bar {
-            b.inc(n);
-        }
-        if let Some(o) = &self.overall {
-            o.set_message(format!("{} fetched", human_bytes(total)));
-        }
-    }
-
-    fn done(&self, bar: Option<indicatif::ProgressBar>, name: &str, result: &Result<Outcome>) {
-        let line = match result {
-            Ok(o) if o.cached => format!("cached  {name}"),
-            Ok(_) => format!("fetched {name}"),
-            Err(e) => format!("FAILED  {name}: {e}"),
-        };
-        match (&self.multi, bar) {
-            (Some(m), Some(b)) => {
-                b.finish_and_clear();
-                m.remove(&b);
-                let _ = m.println(line);
-            }
-            _ => eprintln!("warm: {line}"),
-        }
-        if let Some(o) = &self.overall {
-            o.inc(1);
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(o) = &self.overall {
-            o.finish_and_clear();
-        }
+/// The line an item leaves behind.
+fn outcome_line(name: &str, result: &Result<Outcome>) -> String {
+    match result {
+        Ok(o) if o.cached => format!("cached  {name}"),
+        Ok(_) => format!("fetched {name}"),
+        Err(e) => format!("FAILED  {name}: {e}"),
     }
 }
 
@@ -226,7 +150,7 @@ pub fn in_background(app: Arc<App>, list: WarmList) {
 
 /// Fetches everything `list` names into `app`'s cache.
 pub async fn warm(app: &App, list: &WarmList) -> Summary {
-    let progress = Progress::new();
+    let progress = Progress::new("warm", "fetched");
     let mut summary = Summary::default();
     // First the charts and images the list names, then the images the charts declare.
     let (items, mut failed) = expand(app, list).await;
@@ -249,7 +173,7 @@ pub async fn warm(app: &App, list: &WarmList) -> Summary {
     }
     run(image_items, list.concurrency(), &progress, &mut summary).await;
     progress.finish();
-    summary.bytes = progress.bytes.load(Ordering::Relaxed);
+    summary.bytes = progress.total_bytes();
     // failures include selectors and images that never became an item
     summary.items = summary.cached + summary.fetched + summary.failed.len();
     summary
@@ -268,7 +192,7 @@ async fn run(
             let name = item.name();
             let bar = progress.item(&name);
             let result = warm_item(&item, progress, bar.as_ref()).await;
-            progress.done(bar, &name, &result);
+            progress.done(bar, &outcome_line(&name, &result));
             (name, result)
         })
         .buffer_unordered(concurrency)
@@ -479,7 +403,7 @@ async fn warm_item(
             let m = up.manifest(&at).await?;
             if !cached {
                 let (archive, _) = up.archive(&at).await?;
-                progress.fetched(bar, archive.len() as u64);
+                progress.bytes(bar, archive.len() as u64);
             }
             let mut out = Outcome {
                 cached,
@@ -582,7 +506,7 @@ async fn warm_blob(
         BlobAnswer::Stream(_, rx) | BlobAnswer::Partial { rx, .. } => {
             let mut rx = rx;
             while let Some(chunk) = rx.recv().await {
-                progress.fetched(bar, chunk?.len() as u64);
+                progress.bytes(bar, chunk?.len() as u64);
             }
             // The stream ends before the blob is durably stored: wait for that too.
             up.settled(repo, d).await?;

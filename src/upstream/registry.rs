@@ -318,7 +318,7 @@ impl Registry {
 }
 
 /// `Bearer realm="..",service="..",scope=".."` -> key/value pairs.
-fn parse_bearer_challenge(h: &str) -> Option<Vec<(String, String)>> {
+pub(crate) fn parse_bearer_challenge(h: &str) -> Option<Vec<(String, String)>> {
     let t = h.trim();
     let rest = t.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer "))?;
     let mut s = t[rest.len()..].trim();

@@ -69,9 +69,28 @@ pub fn oci_upstream(name: &str, url: &str, extra: &str) -> String {
     format!("  - name: {name}\n    kind: oci\n    url: {url}\n    tag_ttl: 1s\n{extra}")
 }
 
+/// How many PUTs (blob uploads, manifests, tags) a logged registry has answered.
+pub fn registry_puts(reg: &Proc) -> usize {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::fs::read_to_string(reg.dir.path().join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/"))
+        .count()
+}
+
 /// A registry that wants Basic credentials (htpasswd, bcrypt).
 pub fn registry_htpasswd(user: &str, pass: &str) -> Proc {
-    registry_with(|dir| {
+    start_registry(htpasswd_auth(user, pass), false)
+}
+
+/// `registry_htpasswd` with its access log (see `registry_puts`).
+pub fn registry_htpasswd_logged(user: &str, pass: &str) -> Proc {
+    start_registry(htpasswd_auth(user, pass), true)
+}
+
+fn htpasswd_auth<'a>(user: &'a str, pass: &'a str) -> impl FnOnce(&Path) -> String + 'a {
+    move |dir| {
         let out = Command::new(require("/usr/bin/htpasswd"))
             .args(["-Bbn", user, pass])
             .output()
@@ -81,7 +100,7 @@ pub fn registry_htpasswd(user: &str, pass: &str) -> Proc {
             "auth: {{htpasswd: {{realm: basic-realm, path: {}/htpasswd}}}}\n",
             dir.display()
         )
-    })
+    }
 }
 
 /// The test token realm (`tests/peers/token_server.py`) and a registry trusting it.
