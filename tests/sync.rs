@@ -389,3 +389,51 @@ fn an_oci_upstreams_image_and_chart_are_copied_with_their_digests() {
     assert!(again.contains("3 items, 0 pushed"), "{again}");
     assert_eq!(registry_puts(&dst), puts);
 }
+
+/// A registry with a certificate from a private CA: refused without `--ca-file`, trusted with
+/// it; helm then pulls over TLS with the same CA.
+#[test]
+fn a_registry_signed_by_a_private_ca_is_trusted_with_ca_file() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    repo.index(None);
+    let web = nginx(repo.dir.path());
+    let pki = crate::tls::Pki::new();
+    let (cert, key) = pki.leaf("registry", 7, false);
+    let reg = registry_tls(&cert, &key);
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), &helm_upstream("legacy", &web.url()));
+    let to = format!("oci://{}/tls", reg.host());
+    let refused = sync(&cfg, &["--from", "legacy", "--to", &to], &[]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stdout).to_lowercase();
+    assert!(why.contains("certificate"), "{why}");
+    let ca = pki.ca_file();
+    let out = ok(&sync(
+        &cfg,
+        &[
+            "--from",
+            "legacy",
+            "--to",
+            &to,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(out.contains("1 items, 1 pushed"), "{out}");
+    let dest = tempfile::tempdir().unwrap();
+    Helm::new("v4.1.4").run(&[
+        "pull",
+        &format!("oci://{}/tls/demo", reg.host()),
+        "--version",
+        "0.1.0",
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "-d",
+        dest.path().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(dest.path().join("demo-0.1.0.tgz")).unwrap(),
+        repo.bytes("demo-0.1.0.tgz")
+    );
+}

@@ -15,14 +15,14 @@ use crate::containerd::{containerd, ctr_pull_via};
 use crate::support::*;
 
 /// A test CA and the leaf certificates it signs for 127.0.0.1.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     ca: rcgen::Certificate,
     ca_key: rcgen::KeyPair,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -34,7 +34,7 @@ impl Pki {
         Pki { dir, ca, ca_key }
     }
 
-    fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.crt")
     }
 
@@ -48,7 +48,7 @@ impl Pki {
 
     /// A server (or, with `client`, client) certificate with this serial, signed by the CA;
     /// writes `<name>.crt` (leaf + CA) and `<name>.key`.
-    fn leaf(&self, name: &str, serial: u64, client: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn leaf(&self, name: &str, serial: u64, client: bool) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p =
             rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "10.213.0.1".into()]).unwrap();

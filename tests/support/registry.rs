@@ -31,7 +31,21 @@ pub fn registry_gets(reg: &Proc, needle: &str) -> usize {
         .count()
 }
 
+/// CNCF distribution serving TLS with this certificate chain and key, anonymous.
+pub fn registry_tls(cert: &Path, key: &Path) -> Proc {
+    let tls = format!(
+        ", tls: {{certificate: {}, key: {}}}",
+        cert.display(),
+        key.display()
+    );
+    start_registry_on(|_| String::new(), false, &tls)
+}
+
 fn start_registry(auth: impl FnOnce(&Path) -> String, logged: bool) -> Proc {
+    start_registry_on(auth, logged, "")
+}
+
+fn start_registry_on(auth: impl FnOnce(&Path) -> String, logged: bool, http_extra: &str) -> Proc {
     let bin = require("/usr/bin/docker-registry");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -44,7 +58,7 @@ fn start_registry(auth: impl FnOnce(&Path) -> String, logged: bool) -> Proc {
     let conf = format!(
         "version: 0.1\nlog: {log}\n\
          storage: {{filesystem: {{rootdirectory: {}/data}}, delete: {{enabled: true}}}}\n\
-         http: {{addr: 127.0.0.1:{port}}}\n{auth}",
+         http: {{addr: 127.0.0.1:{port}{http_extra}}}\n{auth}",
         dir.path().display()
     );
     std::fs::write(dir.path().join("config.yml"), conf).unwrap();
