@@ -21,6 +21,8 @@ command -v unshare >/dev/null || need_apt+=(util-linux)
 # TLS tests: curl (HTTP/2, client certificates) and openssl (an RSA key)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# The catalog page tests: a real browser, headless
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_apt[*]}; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2

@@ -20,8 +20,8 @@ use crate::config::Config;
 use crate::config::UpstreamKind;
 use crate::error::{Error, Kind, Result};
 use crate::http::{error_response, Api, Request, Response};
-use crate::ids::RepoName;
 use crate::ids::UpstreamName;
+use crate::ids::{Reference, RepoName};
 use crate::resolver::{HelmUpstream, OciUpstream, Source, Stores};
 use crate::route::{self, OciOp, Route};
 use crate::upstream::UpstreamClient;
@@ -190,9 +190,14 @@ impl App {
         } else {
             Api::Plain
         };
-        let parsed = route::parse(&req.method, &req.path, req.query.as_deref());
-        let kind = parsed.as_ref().map(Route::kind).unwrap_or("invalid");
         let live = self.live.load_full();
+        // `/` in a browser is the catalog page; every other client gets today's answer.
+        let parsed = if req.path == "/" && live.config.catalog && views::page::wants_html(req) {
+            Ok(Route::Page(route::Page::Home { q: None }))
+        } else {
+            route::parse(&req.method, &req.path, req.query.as_deref())
+        };
+        let kind = parsed.as_ref().map(Route::kind).unwrap_or("invalid");
         let (result, notes) = crate::metrics::with_request_context(async {
             match parsed {
                 Ok(r) => self.dispatch(&live, r, req).await,
@@ -213,6 +218,9 @@ impl App {
             }
         };
         let mut resp = crate::http::finish(resp, req);
+        if kind == "page" || req.path.starts_with("/-/") {
+            resp = views::page::harden(resp);
+        }
         let request_id = request_id(req.request_id.as_deref());
         resp.headers.push(("X-Request-Id", request_id.clone()));
         if resp.stale {
@@ -302,7 +310,11 @@ impl App {
                             .await
                     }
                     OciOp::Manifest(reference) => {
-                        views::oci::manifest(src, &repo, &reference, req).await
+                        let r = views::oci::manifest(src, &repo, &reference, req).await;
+                        if let (Ok(_), Reference::Tag(_), false) = (&r, &reference, req.is_head()) {
+                            crate::metrics::chart_pulled(src.config().name.as_str(), repo.as_str());
+                        }
+                        r
                     }
                     OciOp::Blob(d) => views::oci::blob(src, &repo, &d, req).await,
                     OciOp::Referrers(d, q) => {
@@ -327,11 +339,23 @@ impl App {
             } => {
                 let src = live.upstream(&upstream)?;
                 self.authorize(src, req).await?;
-                Ok(
-                    views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req)
-                        .await?
-                        .private(src.config().access.is_some()),
-                )
+                let resp = views::mirror::archive(src, repo.as_ref(), &chart, &version, prov, req)
+                    .await?
+                    .private(src.config().access.is_some());
+                if !prov && !req.is_head() {
+                    let name = repo.as_ref().map_or(chart.clone(), |r| r.to_string());
+                    crate::metrics::chart_pulled(upstream.as_str(), &name);
+                }
+                Ok(resp)
+            }
+            Route::Page(p) => {
+                if !live.config.catalog {
+                    return Err(Error::new(
+                        Kind::NotFound,
+                        "the catalog page is turned off (catalog: false)",
+                    ));
+                }
+                self.page(live, p, req).await
             }
             Route::Metrics => Ok(Response::new(200).with_body(
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -391,6 +415,58 @@ fn request_id(given: Option<&str>) -> String {
 }
 
 impl App {
+    /// A catalog page: only upstreams this request may pull from are shown; a page of a
+    /// protected upstream is 401 without its credentials.
+    async fn page(&self, live: &Live, p: route::Page, req: &Request) -> Result<Response> {
+        use route::Page;
+        let mut visible = Vec::new();
+        for u in &live.config.upstreams {
+            if let Some(src) = live.upstreams.get(&u.name) {
+                if self.authorize(src, req).await.is_ok() {
+                    visible.push(src);
+                }
+            }
+        }
+        let site = views::page::Site {
+            upstreams: visible,
+            cache: self.cache(),
+            req,
+        };
+        match p {
+            Page::Home { q } => views::page::home(&site, q.as_deref()).await,
+            Page::Style => Ok(views::page::style(req)),
+            Page::Upstream {
+                upstream,
+                page,
+                filter,
+            } => {
+                let src = live.upstream(&upstream)?;
+                self.authorize(src, req).await?;
+                views::page::upstream(&site, src, page, filter.as_deref()).await
+            }
+            Page::Chart {
+                upstream,
+                chart,
+                version,
+                page,
+            } => {
+                let src = live.upstream(&upstream)?;
+                self.authorize(src, req).await?;
+                views::page::chart(&site, src, &chart, version.as_deref(), page).await
+            }
+            Page::Fetch {
+                upstream,
+                chart,
+                version,
+            } => {
+                let src = live.upstream(&upstream)?;
+                self.authorize(src, req).await?;
+                views::page::fetch(&site, src, &chart, &version).await
+            }
+        }
+        .map(|r| r.private(live.config.upstreams.iter().any(|u| u.access.is_some())))
+    }
+
     /// Refuses a request to a protected upstream without credentials it accepts.
     async fn authorize(&self, src: &Source, req: &Request) -> Result<()> {
         match &src.config().access {

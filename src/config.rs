@@ -50,6 +50,8 @@ pub struct RawConfig {
     /// A warm list (as in `chartbridge warm`), fetched in the background at start and after
     /// each reload.
     pub warm: Option<WarmList>,
+    /// The catalog page for people (`/` in a browser, `/-/...`). Default true.
+    pub catalog: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,6 +348,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub default_upstream: Option<UpstreamName>,
     pub warm: Option<WarmList>,
+    /// The catalog page is served (`catalog: false` turns it off).
+    pub catalog: bool,
 }
 
 /// The TLS listener: where, and the certificate material read and checked from its files.
@@ -444,6 +448,7 @@ impl Config {
         }
         Ok(Config {
             warm: raw.warm,
+            catalog: raw.catalog.unwrap_or(true),
             shutdown_grace,
             listen,
             listen_tls,

@@ -24,6 +24,8 @@ pub enum Kind {
     BadRequest,
     /// Credentials are missing or wrong for a protected upstream.
     Unauthorized,
+    /// Refused whoever asks (a cross-origin form post to the catalog page).
+    Forbidden,
     /// This client failed to log in too often: it waits (`retry_after`) before trying again.
     TooManyAttempts,
     RangeNotSatisfiable,

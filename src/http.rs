@@ -27,6 +27,21 @@ pub struct Request {
     pub client: Option<std::net::IpAddr>,
     /// `X-Request-Id` as the client (or a proxy in front) sent it.
     pub request_id: Option<String>,
+    /// What only the catalog page reads (filled for `/` and `/-/...` alone, so the pull path
+    /// pays nothing for it).
+    pub page: Option<Box<PageHeaders>>,
+}
+
+/// The headers the catalog page reads.
+#[derive(Clone, Debug, Default)]
+pub struct PageHeaders {
+    pub accept: Option<String>,
+    /// `Host` (or the HTTP/2 authority) as the browser sent it.
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    pub sec_fetch_site: Option<String>,
+    /// Reached over TLS.
+    pub secure: bool,
 }
 
 impl Request {
@@ -264,6 +279,7 @@ pub fn error_response(err: &Error, api: Api) -> Response {
         Kind::Unsupported => (405, "UNSUPPORTED"),
         Kind::BadRequest => (400, "UNSUPPORTED"),
         Kind::Unauthorized => (401, "UNAUTHORIZED"),
+        Kind::Forbidden => (403, "DENIED"),
         Kind::TooManyAttempts => (429, "TOOMANYREQUESTS"),
         Kind::RangeNotSatisfiable => (416, "RANGE_INVALID"),
         Kind::UpstreamInvalid => (502, "UPSTREAM_INVALID"),

@@ -26,6 +26,9 @@
 //!   OCI error JSON or plain text.
 //! - `views::oci`: the distribution-spec pull API (`/v2/...`) over either kind of upstream.
 //! - `views::mirror`: the Helm HTTP repository view (`index.yaml`, archives) over either kind.
+//! - `views::page`: the catalog page for people (`/-/...`, and `/` in a browser): maud
+//!   templates over what the resolvers' `peek_*` and the cache hold, without upstream requests
+//!   (but for the same-origin "fetch into cache" POST); READMEs through `convert::markdown`.
 //! - `resolver`: per upstream, how to fetch and verify one thing and how long it is fresh;
 //!   `Stores` hands them the shared cache. `resolver::helm`: a legacy index.yaml upstream (the
 //!   index revalidated after `index_ttl`, tag -> version and the index entry resolved once per
@@ -33,7 +36,8 @@
 //!   registry upstream (byte-exact manifests, tag -> digest, blobs and manifests by digest for
 //!   the repositories that hold them, `latest`), and `resolver::oci::chart_index`, the
 //!   index.yaml view of OCI charts.
-//! - `convert`: pure conversions (Chart.yaml -> config blob, chart -> OCI manifest, the chart
+//! - `convert`: pure conversions (Chart.yaml -> config blob, README Markdown -> sanitised
+//!   HTML, chart -> OCI manifest, the chart
 //!   layers of a manifest, index parse and rewrite to JSON or YAML with its compact entry
 //!   table, `oci://` URLs, versions and tags). Golden- and property-tested; no I/O.
 //! - `cache`: `Cache`, the read-through cache every resolver uses (named values with

@@ -426,3 +426,63 @@ pub fn render() -> String {
     encode(&mut out, &metrics().registry).expect("writing to a String cannot fail");
     out
 }
+
+/// Pulls per chart (archive downloads and manifests by tag) since start, for the catalog
+/// page's "most pulled": upstream -> chart -> pulls, at most `MAX_PULL_KEYS` charts. A pull of
+/// a chart counted before allocates nothing.
+type Pulls = std::collections::HashMap<String, std::collections::HashMap<String, u64>>;
+static PULLS: std::sync::OnceLock<std::sync::Mutex<(Pulls, usize)>> = std::sync::OnceLock::new();
+const MAX_PULL_KEYS: usize = 10_000;
+
+pub fn chart_pulled(upstream: &str, chart: &str) {
+    let mut guard = PULLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let (m, keys) = &mut *guard;
+    if let Some(n) = m.get_mut(upstream).and_then(|c| c.get_mut(chart)) {
+        *n += 1;
+    } else if *keys < MAX_PULL_KEYS {
+        *keys += 1;
+        m.entry(upstream.to_string())
+            .or_default()
+            .insert(chart.to_string(), 1);
+    }
+}
+
+/// The `n` most pulled charts: (upstream, chart, pulls), most first.
+pub fn most_pulled(n: usize) -> Vec<(String, String, u64)> {
+    let guard = PULLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut all: Vec<_> = guard
+        .0
+        .iter()
+        .flat_map(|(u, cs)| cs.iter().map(move |(c, n)| (u.clone(), c.clone(), *n)))
+        .collect();
+    all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+    all.truncate(n);
+    all
+}
+
+/// What the catalog page shows of the cache from the metrics.
+pub struct CacheOverview {
+    /// Blobs on disk.
+    pub blobs: i64,
+    /// Lookups answered from memory or disk, of all lookups, since start.
+    pub hit_ratio: Option<f64>,
+}
+
+pub fn cache_overview() -> CacheOverview {
+    let m = metrics();
+    let get = |tier: &'static str, outcome: &'static str| {
+        m.cache.get_or_create(&CacheLabels { tier, outcome }).get()
+    };
+    let lookups = get("memory", "hit") + get("memory", "miss");
+    let hits = get("memory", "hit") + get("disk", "hit");
+    CacheOverview {
+        blobs: m.disk_blobs.get(),
+        hit_ratio: (lookups > 0).then(|| hits as f64 / lookups as f64),
+    }
+}

@@ -2,6 +2,7 @@
 //! (names, tags, digests by the distribution grammar; mirror path segments decoded and checked
 //! for traversal), so nothing below ever splits a string. Calls only `ids`.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use crate::error::{Error, Kind, Result};
@@ -42,6 +43,36 @@ pub enum Route {
     Metrics,
     Healthz,
     Readyz,
+    /// The catalog page for people: `/-/...`, and `/` asked for as HTML.
+    Page(Page),
+}
+
+/// A page of the catalog (all under `/-/`, a prefix no upstream name can take).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Page {
+    /// `/-/?q=`: every upstream, the cache, and a search across charts.
+    Home { q: Option<String> },
+    /// `/-/style.css`
+    Style,
+    /// `/-/u/<upstream>?page=&filter=`
+    Upstream {
+        upstream: UpstreamName,
+        page: usize,
+        filter: Option<String>,
+    },
+    /// `/-/u/<upstream>/c/<chart...>[?version=]`: a chart, or one version of it.
+    Chart {
+        upstream: UpstreamName,
+        chart: String,
+        version: Option<String>,
+        page: usize,
+    },
+    /// `POST /-/u/<upstream>/c/<chart...>/fetch?version=`: fetch one version into the cache.
+    Fetch {
+        upstream: UpstreamName,
+        chart: String,
+        version: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +112,7 @@ impl Route {
             Route::MirrorArchive { .. } => "archive",
             Route::Metrics => "metrics",
             Route::Healthz | Route::Readyz => "health",
+            Route::Page(_) => "page",
         }
     }
 }
@@ -98,6 +130,9 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<Route> {
         return Err(Error::new(Kind::BadRequest, "path too long"));
     }
     let read = method == "GET" || method == "HEAD";
+    if path == "/-" || path.starts_with("/-/") {
+        return parse_page(method, path, query).map(Route::Page);
+    }
     if is_oci_path(path) {
         if !read {
             return Err(refuse_write(method, path, query));
@@ -117,6 +152,101 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<Route> {
         _ => {}
     }
     parse_mirror(path)
+}
+
+/// A page route. Only the fetch action is a POST.
+fn parse_page(method: &str, path: &str, query: Option<&str>) -> Result<Page> {
+    let not_found = || Error::new(Kind::NotFound, format!("no such page: {path}"));
+    let mut params: HashMap<String, String> = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        params.insert(k.into_owned(), v.into_owned());
+    }
+    let text = |k: &str| {
+        params
+            .get(k)
+            .map(|v| v.trim().chars().take(200).collect::<String>())
+            .filter(|v| !v.is_empty())
+    };
+    let page = params
+        .get("page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 100_000);
+    let read = method == "GET" || method == "HEAD";
+    let rest = path.trim_start_matches("/-").trim_start_matches('/');
+    if rest.is_empty() || rest == "style.css" {
+        if !read {
+            return Err(Error::new(
+                Kind::Unsupported,
+                format!("{method} is not supported"),
+            ));
+        }
+        return Ok(if rest.is_empty() {
+            Page::Home { q: text("q") }
+        } else {
+            Page::Style
+        });
+    }
+    let rest = rest.strip_prefix("u/").ok_or_else(not_found)?;
+    let (upstream, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let upstream: UpstreamName = upstream.parse().map_err(|_| not_found())?;
+    if tail.is_empty() {
+        if !read {
+            return Err(Error::new(
+                Kind::Unsupported,
+                format!("{method} is not supported"),
+            ));
+        }
+        return Ok(Page::Upstream {
+            upstream,
+            page,
+            filter: text("filter"),
+        });
+    }
+    let chart = tail.strip_prefix("c/").ok_or_else(not_found)?;
+    let (chart, fetch) = match chart.strip_suffix("/fetch") {
+        Some(c) => (c, true),
+        None => (chart, false),
+    };
+    let chart = percent_encoding::percent_decode_str(chart)
+        .decode_utf8()
+        .map_err(|_| not_found())?;
+    let sane = !chart.is_empty()
+        && chart.len() <= 255
+        && chart.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if !sane {
+        return Err(not_found());
+    }
+    let chart = chart.into_owned();
+    match (fetch, method) {
+        (true, "POST") => Ok(Page::Fetch {
+            upstream,
+            chart,
+            version: text("version")
+                .ok_or_else(|| Error::new(Kind::BadRequest, "which version? (?version=)"))?,
+        }),
+        (true, _) => Err(Error::new(
+            Kind::Unsupported,
+            "fetching into the cache is a POST",
+        )),
+        (false, _) if read => Ok(Page::Chart {
+            upstream,
+            chart,
+            version: text("version"),
+            page,
+        }),
+        (false, _) => Err(Error::new(
+            Kind::Unsupported,
+            format!("{method} is not supported"),
+        )),
+    }
 }
 
 /// Why a write to `/v2/` is refused: 400 `DIGEST_INVALID` when the digest it names (a

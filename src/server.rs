@@ -89,6 +89,17 @@ impl Http {
             if_none_match: header(&session, "if-none-match"),
             authorization: header(&session, "authorization"),
             request_id: header(&session, "x-request-id"),
+            page: (h.uri.path() == "/" || h.uri.path() == "/-" || h.uri.path().starts_with("/-/"))
+                .then(|| {
+                    Box::new(crate::http::PageHeaders {
+                        accept: header(&session, "accept"),
+                        host: header(&session, "host")
+                            .or_else(|| h.uri.authority().map(|a| a.to_string())),
+                        origin: header(&session, "origin"),
+                        sec_fetch_site: header(&session, "sec-fetch-site"),
+                        secure: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+                    })
+                }),
             client: session
                 .client_addr()
                 .and_then(|a| a.as_inet())

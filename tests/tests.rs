@@ -6,6 +6,7 @@ mod support;
 
 mod access;
 mod airgap;
+mod catalog;
 mod cli;
 mod containerd;
 mod deploy;

@@ -24,6 +24,12 @@ impl MemoryStore {
         }
     }
 
+    /// Bytes held now and the most this tier holds.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks().await;
+        (self.cache.weighted_size(), self.max_item * 16)
+    }
+
     /// Largest blob this tier keeps.
     pub fn max_item(&self) -> u64 {
         self.max_item

@@ -37,7 +37,7 @@ pub use flight::Flight;
 pub use links::{link_name, referenced, repo_links, Links};
 pub use memory::MemoryStore;
 pub use read_through::{
-    BlobKey, BodyStream, Cache, Freshness, Served, Settings as CacheSettings, Streamed,
+    BlobKey, BodyStream, Cache, Freshness, Served, Settings as CacheSettings, Streamed, ValueState,
 };
 pub use refs::{DiskRefs, RefName, RefStore};
 pub use tee::Tee;
@@ -151,6 +151,11 @@ pub struct BlobCache {
 impl BlobCache {
     pub fn new(memory: MemoryStore, disk: Arc<dyn BlobStore>) -> BlobCache {
         BlobCache { memory, disk }
+    }
+
+    /// Bytes the memory tier holds and may hold.
+    pub async fn memory_usage(&self) -> (u64, u64) {
+        self.memory.usage().await
     }
 
     /// The store behind the memory tier.

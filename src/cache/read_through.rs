@@ -208,6 +208,13 @@ const TEE_MEMORY_MAX: u64 = 64 << 20;
 /// Named values remembered in memory (each small: a digest, a tag list, validators).
 const MEMORY_VALUES: u64 = 100_000;
 
+/// See `Cache::value_state`.
+#[derive(Clone, Debug, Default)]
+pub struct ValueState {
+    pub age: Option<Duration>,
+    pub failing: Option<(Duration, String)>,
+}
+
 #[derive(Clone)]
 struct Stamped {
     value: Bytes,
@@ -246,6 +253,9 @@ pub struct Cache {
     values: moka::future::Cache<RefName, Stamped>,
     /// When a value's refresh last failed (a stale copy is served until `refresh_backoff`).
     backoff: moka::sync::Cache<RefName, Instant>,
+    /// Values whose refreshes fail: since when, and the last error (for people, on the
+    /// catalog page); cleared by the next good refresh.
+    failing: moka::sync::Cache<RefName, (Instant, String)>,
     /// Recent failures, answered again until `negative_ttl` (checked against the tokio clock,
     /// so tests can pause it).
     failures: moka::sync::Cache<String, (Error, Instant)>,
@@ -272,6 +282,9 @@ impl Cache {
                 .max_capacity(MEMORY_VALUES)
                 .build(),
             backoff: moka::sync::Cache::builder()
+                .max_capacity(MEMORY_VALUES)
+                .build(),
+            failing: moka::sync::Cache::builder()
                 .max_capacity(MEMORY_VALUES)
                 .build(),
             failures: moka::sync::Cache::builder().max_capacity(10_000).build(),
@@ -356,10 +369,11 @@ impl Cache {
         if let Some(e) = self.failed(&failure_key) {
             return Err(e);
         }
-        let (refs, values, backoff, failures, background) = (
+        let (refs, values, backoff, failing, failures, background) = (
             self.refs.clone(),
             self.values.clone(),
             self.backoff.clone(),
+            self.failing.clone(),
             self.failures.clone(),
             self.background.clone(),
         );
@@ -385,6 +399,7 @@ impl Cache {
                         let changed = known.as_ref() != Some(&v);
                         values.insert(n.clone(), Stamped::new(v.clone())).await;
                         backoff.invalidate(&n);
+                        failing.invalidate(&n);
                         if changed {
                             // Persisted off the answer's path: this process has it in memory;
                             // a failed write costs a restart one upstream request.
@@ -407,6 +422,8 @@ impl Cache {
                             s.unconfirmed = true;
                             values.insert(n.clone(), s).await;
                         }
+                        let since = failing.get(&n).map_or_else(Instant::now, |(t, _)| t);
+                        failing.insert(n.clone(), (since, e.message().to_string()));
                         backoff.insert(n, Instant::now());
                         Ok(Served::stale(known))
                     }
@@ -469,6 +486,23 @@ impl Cache {
         }
     }
 
+    /// What is known of a named value without asking anyone: how long ago it was last
+    /// confirmed (`None`: never by this process), and since when its refreshes fail, with the
+    /// last error.
+    pub async fn value_state(&self, name: &RefName) -> ValueState {
+        let age = self
+            .values
+            .get(name)
+            .await
+            .filter(|s| !s.unconfirmed)
+            .map(|s| s.at.elapsed());
+        let failing = self
+            .failing
+            .get(name)
+            .map(|(since, e)| (since.elapsed(), e));
+        ValueState { age, failing }
+    }
+
     /// A named value known to this process or an earlier one, however old, without fetching.
     pub async fn known_value(&self, name: &RefName) -> Option<Bytes> {
         if let Some(s) = self.values.get(name).await {
@@ -510,6 +544,10 @@ impl Cache {
     }
 
     /// Bytes the blob store holds, and the most it may hold.
+    pub async fn memory_usage(&self) -> (u64, u64) {
+        self.blobs.memory_usage().await
+    }
+
     pub fn blob_usage(&self) -> (u64, u64) {
         self.blobs.store().usage()
     }

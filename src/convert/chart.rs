@@ -194,6 +194,59 @@ pub fn read_chart_metadata(tgz: &[u8], limits: ArchiveLimits) -> Result<ChartMet
     Ok(meta)
 }
 
+/// The files of a chart people read: its top-level `README.md` and `values.yaml`, each cut to
+/// `max_file` bytes (the flag says whether it was), as text (invalid UTF-8 replaced).
+#[derive(Debug, Default)]
+pub struct ChartDocs {
+    pub readme: Option<(String, bool)>,
+    pub values: Option<(String, bool)>,
+}
+
+/// Reads `README.md` (any case) and `values.yaml` from the top of a chart archive, within
+/// `limits` (a gzip or tar bomb stops at `max_expanded_bytes`).
+pub fn read_chart_docs(tgz: &[u8], limits: ArchiveLimits, max_file: u64) -> Result<ChartDocs> {
+    let gz = flate2::read::GzDecoder::new(tgz);
+    let mut archive = tar::Archive::new(gz.take(limits.max_expanded_bytes));
+    let mut docs = ChartDocs::default();
+    let bad = |e: std::io::Error| Error::upstream_invalid(format!("chart archive unreadable: {e}"));
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path().map_err(bad)?.into_owned();
+        let parts: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        if parts.len() != 2 {
+            continue;
+        }
+        let slot = if parts[1].eq_ignore_ascii_case("README.md") {
+            &mut docs.readme
+        } else if parts[1] == "values.yaml" {
+            &mut docs.values
+        } else {
+            continue;
+        };
+        let mut buf = Vec::new();
+        entry
+            .by_ref()
+            .take(max_file)
+            .read_to_end(&mut buf)
+            .map_err(bad)?;
+        let cut = entry.size() > max_file;
+        *slot = Some((String::from_utf8_lossy(&buf).into_owned(), cut));
+        if docs.readme.is_some() && docs.values.is_some() {
+            break;
+        }
+    }
+    Ok(docs)
+}
+
 fn is_v1(chart_yaml: &[u8]) -> bool {
     #[derive(Deserialize)]
     struct Api {
@@ -263,6 +316,30 @@ pub(crate) mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::Write::write_all(&mut gz, &raw).unwrap();
         gz.finish().unwrap()
+    }
+
+    #[test]
+    fn reads_the_readme_and_values_people_read_cut_to_size() {
+        let tgz = make_tgz(&[
+            (
+                "demo/Chart.yaml",
+                b"apiVersion: v2\nname: demo\nversion: 0.1.0\n",
+            ),
+            ("demo/charts/sub/README.md", b"not this one"),
+            ("demo/readme.MD", b"# Demo\n"),
+            ("demo/values.yaml", &[b'x'; 100]),
+        ]);
+        let d = read_chart_docs(&tgz, ArchiveLimits::default(), 64).unwrap();
+        assert_eq!(d.readme, Some(("# Demo\n".to_string(), false)));
+        let (values, cut) = d.values.unwrap();
+        assert_eq!((values.len(), cut), (64, true));
+        let none = read_chart_docs(
+            &make_tgz(&[("demo/Chart.yaml", b"x")]),
+            ArchiveLimits::default(),
+            64,
+        )
+        .unwrap();
+        assert!(none.readme.is_none() && none.values.is_none());
     }
 
     #[test]

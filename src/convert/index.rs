@@ -212,6 +212,10 @@ struct ChartSpan {
     name: Span,
     first: u32,
     count: u32,
+    /// The first entry's description and keywords (comma-joined), for people (the catalog
+    /// page's lists and search).
+    description: Span,
+    keywords: Span,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -220,6 +224,7 @@ struct EntrySpans {
     digest: Span,
     url: Option<Span>,
     created: Option<Span>,
+    app_version: Span,
 }
 
 /// What the mirror keeps of an index once it is rewritten: per chart, each version with its
@@ -244,6 +249,17 @@ pub struct Entry<'a> {
     /// The upstream's first URL for the archive, as written (relative, absolute or oci://).
     pub url: Option<&'a str>,
     pub created: Option<&'a str>,
+    pub app_version: &'a str,
+}
+
+/// What the catalog page shows of a chart beside its versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChartInfo<'a> {
+    pub name: &'a str,
+    pub versions: usize,
+    pub description: &'a str,
+    /// Comma-joined.
+    pub keywords: &'a str,
 }
 
 impl CompactIndex {
@@ -260,8 +276,12 @@ impl CompactIndex {
                                 + v.digest.len()
                                 + v.urls.first().map_or(0, String::len)
                                 + v.created.as_ref().map_or(0, String::len)
+                                + v.app_version.len()
                         })
                         .sum::<usize>()
+                    + vs.first().map_or(0, |v| {
+                        v.description.len() + v.keywords.iter().map(|k| k.len() + 1).sum::<usize>()
+                    })
             })
             .sum();
         let mut c = CompactIndex {
@@ -278,13 +298,20 @@ impl CompactIndex {
                     digest: c.push(&v.digest),
                     url: v.urls.first().map(|u| c.push(u)),
                     created: v.created.as_deref().map(|t| c.push(t)),
+                    app_version: c.push(&v.app_version),
                 };
                 c.entries.push(e);
             }
+            let (description, keywords) = match vs.first() {
+                Some(v) => (c.push(&v.description), c.push(&v.keywords.join(","))),
+                None => (Span::default(), Span::default()),
+            };
             c.charts.push(ChartSpan {
                 name,
                 first,
                 count: vs.len() as u32,
+                description,
+                keywords,
             });
         }
         c
@@ -309,7 +336,23 @@ impl CompactIndex {
             digest: self.str(e.digest),
             url: e.url.map(|u| self.str(u)),
             created: e.created.map(|t| self.str(t)),
+            app_version: self.str(e.app_version),
         }
+    }
+
+    /// Every chart with what people read about it, sorted by name.
+    pub fn chart_infos(&self) -> impl Iterator<Item = ChartInfo<'_>> {
+        self.charts.iter().map(|c| ChartInfo {
+            name: self.str(c.name),
+            versions: c.count as usize,
+            description: self.str(c.description),
+            keywords: self.str(c.keywords),
+        })
+    }
+
+    /// Versions of every chart together.
+    pub fn version_count(&self) -> usize {
+        self.entries.len()
     }
 
     /// The versions of one chart, in index order.

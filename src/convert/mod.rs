@@ -5,4 +5,5 @@
 pub mod chart;
 pub mod index;
 pub mod manifest;
+pub mod markdown;
 pub mod version;

@@ -74,6 +74,22 @@ where
         .map(|(_, v)| v)
 }
 
+/// `versions` newest first by semver precedence (Helm's lenient parsing; `_` read as `+`),
+/// with what does not parse after them, in their order.
+pub fn newest_first<'a>(versions: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let (mut parsed, rest): (Vec<_>, Vec<_>) = versions
+        .into_iter()
+        .map(|v| (parse_lenient(&v.replace('_', "+")), v))
+        .partition(|(p, _)| p.is_some());
+    parsed.sort_by(|a, b| {
+        precedence(
+            (b.0.as_ref().expect("parsed"), b.1),
+            (a.0.as_ref().expect("parsed"), a.1),
+        )
+    });
+    parsed.into_iter().chain(rest).map(|(_, v)| v).collect()
+}
+
 /// The tags of `tags` that name chart versions (semver once `_` is read as `+`; not `latest`),
 /// newest first, at most `max`: which versions an index built from a registry lists.
 pub fn newest_version_tags(tags: &[String], max: usize) -> Vec<&str> {
@@ -214,6 +230,28 @@ mod tests {
         for bad in ["", "v", "1.2.3.4", "a.b.c", "1..2", "latest", "1.2.3-"] {
             assert!(parse_lenient(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn versions_sort_newest_first_with_the_unparsable_last() {
+        assert_eq!(
+            newest_first([
+                "0.9.0",
+                "latest",
+                "1.10.0",
+                "1.2.0",
+                "1.10.0-rc.1",
+                "v1.9.0"
+            ]),
+            [
+                "1.10.0",
+                "1.10.0-rc.1",
+                "v1.9.0",
+                "1.2.0",
+                "0.9.0",
+                "latest"
+            ]
+        );
     }
 
     #[test]

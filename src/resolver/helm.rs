@@ -58,6 +58,12 @@ impl IndexContent {
     }
 }
 
+/// See `HelmUpstream::peek_index`.
+pub struct IndexPeek {
+    pub content: Option<Arc<IndexContent>>,
+    pub state: crate::cache::ValueState,
+}
+
 /// The index as last confirmed: which content, with the upstream's validators. This is the
 /// named value the cache keeps fresh; the raw index it names is a ref of its own.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -220,6 +226,40 @@ impl HelmUpstream {
             )
             .await?;
         Ok(meta.map(|_| content))
+    }
+
+    /// What the catalog page may show of the index without asking the upstream: the content
+    /// known here (from memory, or parsed from the copy on disk) and how fresh it is.
+    pub async fn peek_index(self: &Arc<Self>) -> IndexPeek {
+        let state = self.cache.value_state(&self.meta_name()).await;
+        let meta = self
+            .cache
+            .known_value(&self.meta_name())
+            .await
+            .and_then(|b| IndexMeta::decode(&b).ok());
+        let content = match meta {
+            Some(m) => {
+                let this = self.clone();
+                let key = self.content_key(&m);
+                self.cache
+                    .derived(
+                        key,
+                        None,
+                        |c: &IndexContent| c.heap,
+                        move || async move { this.load_content(&m).await },
+                    )
+                    .await
+                    .ok()
+            }
+            None => None,
+        };
+        IndexPeek { content, state }
+    }
+
+    /// A chart archive this cache holds (verified when it was stored), without fetching.
+    pub async fn cached_archive(&self, at: &Located) -> Option<Bytes> {
+        let d = at.digest.as_ref()?;
+        self.cache.cached_bytes(d).await.ok().flatten()
     }
 
     /// Where the parsed content of one index version lives among the derived values.

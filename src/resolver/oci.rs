@@ -100,6 +100,63 @@ impl OciUpstream {
         RefName::new([what, self.name()].into_iter().chain(parts.iter().copied()))
     }
 
+    /// The upstream's tag list of `repo` as known here (however old), without asking, with
+    /// how fresh it is: for the catalog page.
+    pub async fn peek_tags(
+        &self,
+        repo: &RepoName,
+    ) -> (Option<Vec<String>>, crate::cache::ValueState) {
+        let name = self.ref_name("tags", &[&self.upstream_repo(repo)]);
+        let state = self.cache.value_state(&name).await;
+        let mut tags: Option<Vec<String>> = self
+            .cache
+            .known_value(&name)
+            .await
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if tags.is_none() {
+            // never listed here: the tags resolved here before (a pull by tag)
+            let prefix = self.ref_name("tag", &[&self.upstream_repo(repo)]);
+            let known: Vec<String> = self
+                .cache
+                .refs()
+                .list(&prefix)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| n.parts().last().cloned())
+                .collect();
+            tags = (!known.is_empty()).then_some(known);
+        }
+        (tags, state)
+    }
+
+    /// The digest `repo:tag` resolved to when last asked, without asking.
+    pub async fn peek_tag(&self, repo: &RepoName, tag: &str) -> Option<Digest> {
+        let name = self.ref_name("tag", &[&self.upstream_repo(repo), tag]);
+        let b = self.cache.known_value(&name).await?;
+        std::str::from_utf8(&b).ok()?.trim().parse().ok()
+    }
+
+    /// The repositories `charts:` names, else the registry's catalog as known here, without
+    /// asking.
+    pub async fn peek_repositories(&self) -> Vec<RepoName> {
+        if !self.config.charts.is_empty() {
+            return self.config.charts.clone();
+        }
+        let Some(b) = self
+            .cache
+            .known_value(&RefName::new(["catalog", self.name()]))
+            .await
+        else {
+            return Vec::new();
+        };
+        serde_json::from_slice::<Vec<String>>(&b)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect()
+    }
+
     /// The upstream's tags, all pages; fresh for `tag_ttl`, the last good list on failure.
     async fn upstream_tags(self: &Arc<Self>, repo: &str) -> Result<Served<Arc<Vec<String>>>> {
         let (this, r) = (self.clone(), repo.to_string());

@@ -5,3 +5,4 @@
 
 pub mod mirror;
 pub mod oci;
+pub mod page;

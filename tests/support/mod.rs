@@ -97,7 +97,7 @@ impl Proc {
     }
 }
 
-fn require(path: &str) -> PathBuf {
+pub fn require(path: &str) -> PathBuf {
     let p = PathBuf::from(path);
     assert!(
         p.exists(),
