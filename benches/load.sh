@@ -15,4 +15,7 @@ cargo build --release --locked
 if [ "${ONLY:-}" = airgap ]; then exec python3 benches/airgap.py; fi
 # ONLY=store runs benches/shared_store.py (a replica on a bucket against one on its disk)
 if [ "${ONLY:-}" = store ]; then exec python3 benches/shared_store.py; fi
+# ONLY=page runs benches/page.py (the catalog page on the 15k index; BASE_BIN=... adds the
+# pull path with and without the page), writing RESULTS-page.md
+if [ "${ONLY:-}" = page ]; then exec python3 benches/page.py; fi
 exec python3 benches/load.py

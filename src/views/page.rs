@@ -852,10 +852,14 @@ fn resolves_here(upstreams: &[&Source], repository: &str, dep: &str) -> Markup {
 /// `POST .../fetch?version=`: fetches one version into the cache (only from this origin),
 /// then shows its page.
 pub async fn fetch(site: &Site<'_>, src: &Source, chart: &str, v: &str) -> Result<Response> {
-    let (base, _) = origin(site.req);
+    let (_, host) = origin(site.req);
     let p = site.req.page.as_deref();
+    // the host the browser says it posts from is the one it reached (the scheme may differ
+    // behind a proxy that terminates TLS)
     let same_origin = match p.and_then(|p| p.origin.as_deref()) {
-        Some(o) => o == base,
+        Some(o) => o
+            .split_once("://")
+            .is_some_and(|(scheme, h)| (scheme == "http" || scheme == "https") && h == host),
         None => p
             .and_then(|p| p.sec_fetch_site.as_deref())
             .is_some_and(|s| s == "same-origin"),
