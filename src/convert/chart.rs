@@ -136,18 +136,10 @@ pub fn read_chart_metadata(tgz: &[u8], limits: ArchiveLimits) -> Result<ChartMet
     let bad = |e: std::io::Error| Error::upstream_invalid(format!("chart archive unreadable: {e}"));
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
-        let path = entry.path().map_err(bad)?.into_owned();
-        let parts: Vec<String> = path
-            .components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-                _ => None,
-            })
-            .collect();
-        if parts.len() != 2 {
+        let Some(file) = top_level_file(&entry).map_err(bad)? else {
             continue;
-        }
-        let slot = match parts[1].as_str() {
+        };
+        let slot = match file.as_str() {
             "Chart.yaml" => &mut chart_yaml,
             "requirements.yaml" => &mut requirements,
             _ => continue,
@@ -155,7 +147,7 @@ pub fn read_chart_metadata(tgz: &[u8], limits: ArchiveLimits) -> Result<ChartMet
         if entry.size() > limits.max_metadata_bytes {
             return Err(Error::upstream_invalid(format!(
                 "chart archive: {} is larger than {} bytes",
-                parts[1], limits.max_metadata_bytes
+                file, limits.max_metadata_bytes
             )));
         }
         let mut buf = Vec::new();
@@ -194,6 +186,23 @@ pub fn read_chart_metadata(tgz: &[u8], limits: ArchiveLimits) -> Result<ChartMet
     Ok(meta)
 }
 
+/// The name of a file at the top of the chart (`<chart>/<file>`), or `None` for anything
+/// deeper or shallower.
+fn top_level_file<R: Read>(entry: &tar::Entry<'_, R>) -> std::io::Result<Option<String>> {
+    let path = entry.path()?;
+    let parts: Vec<String> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    Ok(match <[String; 2]>::try_from(parts) {
+        Ok([_, file]) => Some(file),
+        Err(_) => None,
+    })
+}
+
 /// The files of a chart people read: its top-level `README.md` and `values.yaml`, each cut to
 /// `max_file` bytes (the flag says whether it was), as text (invalid UTF-8 replaced).
 #[derive(Debug, Default)]
@@ -214,20 +223,12 @@ pub fn read_chart_docs(tgz: &[u8], limits: ArchiveLimits, max_file: u64) -> Resu
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry.path().map_err(bad)?.into_owned();
-        let parts: Vec<String> = path
-            .components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-                _ => None,
-            })
-            .collect();
-        if parts.len() != 2 {
+        let Some(file) = top_level_file(&entry).map_err(bad)? else {
             continue;
-        }
-        let slot = if parts[1].eq_ignore_ascii_case("README.md") {
+        };
+        let slot = if file.eq_ignore_ascii_case("README.md") {
             &mut docs.readme
-        } else if parts[1] == "values.yaml" {
+        } else if file == "values.yaml" {
             &mut docs.values
         } else {
             continue;

@@ -18,8 +18,8 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::ids::Digest;
 use crate::policy::Credentials;
-use crate::upstream::registry::parse_bearer_challenge;
-use crate::upstream::{redact, unreachable_err, MANIFEST_ACCEPT};
+use crate::upstream::registry::{parse_token, BearerChallenge};
+use crate::upstream::{read_capped, redact, unreachable_err, MANIFEST_ACCEPT};
 
 /// How a blob got there.
 #[derive(Debug, PartialEq, Eq)]
@@ -212,25 +212,13 @@ impl Target {
             self.basic.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        let params = parse_bearer_challenge(challenge).ok_or_else(|| {
+        let bearer = BearerChallenge::parse(challenge).ok_or_else(|| {
             Error::upstream_unavailable(format!(
                 "target {} answered 401 without a usable challenge",
                 self.base
             ))
         })?;
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let realm = get("realm").unwrap_or_default();
-        let mut url = Url::parse(&realm)
-            .map_err(|_| Error::upstream_invalid(format!("bad token realm {realm:?}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = get("service") {
-                q.append_pair("service", &s);
-            }
-            for s in scopes {
-                q.append_pair("scope", s);
-            }
-        }
+        let url = bearer.token_url(scopes)?;
         let mut req = self.http.get(url.clone());
         if let Some(c) = &self.credentials {
             req = req.basic_auth(&c.username, Some(&c.password));
@@ -243,24 +231,8 @@ impl Target {
                 resp.status().as_u16()
             )));
         }
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::upstream_unavailable(format!("token endpoint: {e}")))?;
-        let t: Token = serde_json::from_slice(&body)
-            .map_err(|e| Error::upstream_invalid(format!("token endpoint answered badly: {e}")))?;
-        let token = t
-            .token
-            .or(t.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::upstream_invalid("token endpoint gave no token"))?;
-        let life = Duration::from_secs(t.expires_in.unwrap_or(60).saturating_sub(10).max(1));
+        let body = read_capped(resp, &url, 1 << 20).await?;
+        let (token, life) = parse_token(&body, &url)?;
         self.tokens
             .lock()
             .expect("token cache poisoned")

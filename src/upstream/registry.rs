@@ -227,23 +227,13 @@ impl Registry {
             self.basic.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        let params = parse_bearer_challenge(challenge).ok_or_else(|| {
+        let bearer = BearerChallenge::parse(challenge).ok_or_else(|| {
             Error::upstream_unavailable(format!(
                 "registry {} answered 401 without a usable challenge",
                 self.base
             ))
         })?;
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let realm = get("realm").unwrap_or_default();
-        let mut url = Url::parse(&realm)
-            .map_err(|_| Error::upstream_invalid(format!("bad token realm {realm:?}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = get("service") {
-                q.append_pair("service", &s);
-            }
-            q.append_pair("scope", &get("scope").unwrap_or_else(|| scope.to_string()));
-        }
+        let url = bearer.token_url(&[bearer.scope.clone().unwrap_or_else(|| scope.to_string())])?;
         let mut req = self.client.http().get(url.clone());
         if let Some(c) = &self.credentials {
             req = req.basic_auth(&c.username, Some(&c.password));
@@ -256,26 +246,8 @@ impl Registry {
                 resp.status().as_u16()
             )));
         }
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
         let body = read_capped(resp, &url, 1 << 20).await?;
-        let t: Token = serde_json::from_slice(&body).map_err(|e| {
-            Error::upstream_invalid(format!(
-                "token endpoint {} answered badly: {e}",
-                redact(&url)
-            ))
-        })?;
-        let token = t
-            .token
-            .or(t.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::upstream_invalid("token endpoint gave no token"))?;
-        // Refresh a little early; the spec's default lifetime is 60 s.
-        let life = Duration::from_secs(t.expires_in.unwrap_or(60).saturating_sub(10).max(1));
+        let (token, life) = parse_token(&body, &url)?;
         self.tokens
             .lock()
             .expect("token cache poisoned")
@@ -317,8 +289,67 @@ impl Registry {
     }
 }
 
+/// A `Bearer` challenge: where to ask for a token, and for what.
+pub(crate) struct BearerChallenge {
+    pub realm: String,
+    pub service: Option<String>,
+    pub scope: Option<String>,
+}
+
+impl BearerChallenge {
+    pub fn parse(header: &str) -> Option<BearerChallenge> {
+        let params = parse_bearer_challenge(header)?;
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Some(BearerChallenge {
+            realm: get("realm").unwrap_or_default(),
+            service: get("service"),
+            scope: get("scope"),
+        })
+    }
+
+    /// The realm's URL asking for `scopes`.
+    pub fn token_url(&self, scopes: &[String]) -> Result<Url> {
+        let mut url = Url::parse(&self.realm)
+            .map_err(|_| Error::upstream_invalid(format!("bad token realm {:?}", self.realm)))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = &self.service {
+                q.append_pair("service", s);
+            }
+            for s in scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        Ok(url)
+    }
+}
+
+/// A token endpoint's answer (`token` or `access_token`): the token and how long to use it
+/// (a little less than `expires_in`, whose default is 60 s).
+pub(crate) fn parse_token(body: &[u8], url: &Url) -> Result<(String, Duration)> {
+    #[derive(serde::Deserialize)]
+    struct Token {
+        token: Option<String>,
+        access_token: Option<String>,
+        expires_in: Option<u64>,
+    }
+    let t: Token = serde_json::from_slice(body).map_err(|e| {
+        Error::upstream_invalid(format!(
+            "token endpoint {} answered badly: {e}",
+            redact(url)
+        ))
+    })?;
+    let token = t
+        .token
+        .or(t.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::upstream_invalid("token endpoint gave no token"))?;
+    let life = Duration::from_secs(t.expires_in.unwrap_or(60).saturating_sub(10).max(1));
+    Ok((token, life))
+}
+
 /// `Bearer realm="..",service="..",scope=".."` -> key/value pairs.
-pub(crate) fn parse_bearer_challenge(h: &str) -> Option<Vec<(String, String)>> {
+fn parse_bearer_challenge(h: &str) -> Option<Vec<(String, String)>> {
     let t = h.trim();
     let rest = t.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer "))?;
     let mut s = t[rest.len()..].trim();
