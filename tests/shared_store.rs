@@ -36,7 +36,7 @@ fn what_one_replica_fetched_another_serves_with_every_upstream_stopped() {
     let mut web = nginx(repo.dir.path());
     let mut reg = registry();
     let layout = tempfile::tempdir().unwrap();
-    make_image_layout(layout.path(), "v1.0.0", 300_000, 11);
+    make_image_layout(layout.path(), "v1.0.0", 1_500_000, 11);
     push_layout(layout.path(), "v1.0.0", &reg, "team/app");
     let ups = format!(
         "{}{}",
@@ -129,6 +129,34 @@ fn what_one_replica_fetched_another_serves_with_every_upstream_stopped() {
         .max()
         .unwrap()
         .1;
+    // a range of a big layer only the bucket holds, through a replica that has nothing: the
+    // bytes of that range (a ranged read of the bucket)
+    let layer_bytes = std::fs::read(via_a.path().join("blobs/sha256").join(&big_layer)).unwrap();
+    assert!(
+        layer_bytes.len() > 1 << 20,
+        "bigger than what is read whole"
+    );
+    let d = replica(&s3, &ups, "30s");
+    let r = client()
+        .get(format!(
+            "{}/v2/reg/team/app/blobs/sha256:{big_layer}",
+            d.url()
+        ))
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 1000-1999/{}", layer_bytes.len())
+    );
+    assert_eq!(r.bytes().unwrap().as_ref(), &layer_bytes[1000..2000]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !d.dir.path().join("cache/sha256").join(&big_layer).exists(),
+        "only the range was read, not the whole blob into the local tier"
+    );
+    drop(d);
     let object = s3
         .dir
         .path()

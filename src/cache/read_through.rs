@@ -205,6 +205,8 @@ pub enum Streamed {
 /// store it holds only what the temp file does not yet (about one write batch); without one
 /// (or once the disk refuses the write) bigger blobs make followers wait for the fetch.
 const TEE_MEMORY_MAX: u64 = 64 << 20;
+/// Largest range of a blob only a shared store holds that is read with one ranged read.
+const RANGED_READ_MAX: u64 = 16 << 20;
 /// Named values remembered in memory (each small: a digest, a tag list, validators).
 const MEMORY_VALUES: u64 = 100_000;
 
@@ -750,6 +752,33 @@ impl Cache {
     {
         if let Some(data) = self.blobs.read_near(&key.digest).await? {
             return Ok(Streamed::Data(data));
+        }
+        // A range of a blob only a shared store holds: a ranged read of that store, not the
+        // whole blob streamed from its start (ranges past `RANGED_READ_MAX` still stream).
+        if let Some(r) = range {
+            if let Some(len) = self.blobs.store().stat(&key.digest).await? {
+                if let Some((start, end)) = r.resolve(len) {
+                    if end - start <= RANGED_READ_MAX {
+                        if let Some(bytes) = self
+                            .blobs
+                            .store()
+                            .read_range(&key.digest, start, end)
+                            .await?
+                        {
+                            if bytes.len() as u64 == end - start {
+                                let (tx, rx) = mpsc::channel(1);
+                                let _ = tx.try_send(Ok(bytes));
+                                return Ok(Streamed::Partial {
+                                    len,
+                                    start,
+                                    end,
+                                    rx,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
         }
         let failure_key = key.failure("blob");
         // A follower whose leader could not cache (full disk) tries once more as a leader.
