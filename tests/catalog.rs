@@ -165,11 +165,19 @@ fn the_catalog_shows_people_what_the_mirror_holds_and_nothing_can_run() {
         "0.5.0",
         &[("README.md", b"# OCI demo\n\nFrom a registry.\n".to_vec())],
     );
-    Helm::new("v4.1.4").push(
-        &oci_charts.path().join("ocidemo-0.5.0.tgz"),
-        &reg.host(),
-        "charts",
+    package(
+        oci_charts.path(),
+        "ocidemo",
+        "0.6.0",
+        &[("README.md", b"# OCI demo six\n".to_vec())],
     );
+    for v in ["0.5.0", "0.6.0"] {
+        Helm::new("v4.1.4").push(
+            &oci_charts.path().join(format!("ocidemo-{v}.tgz")),
+            &reg.host(),
+            "charts",
+        );
+    }
     let ups = format!(
         "{}{}    access: {{htpasswd_file: {}}}\n{}",
         helm_upstream("charts", &web.url()),
@@ -361,6 +369,18 @@ fn the_catalog_shows_people_what_the_mirror_holds_and_nothing_can_run() {
         d.contains("<h1>OCI demo</h1>") && d.contains("OCI manifest"),
         "{d}"
     );
+    // an OCI chart version not pulled yet: fetched into the cache from the page
+    let six = format!("{u}/-/u/reg/c/charts/ocidemo?version=0.6.0");
+    assert!(dom(&six).contains("Fetch into cache"));
+    let r = no_redirect
+        .post(format!("{u}/-/u/reg/c/charts/ocidemo/fetch?version=0.6.0"))
+        .header("Origin", u.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let d = dom(&six);
+    inert(&d);
+    assert!(d.contains("<h1>OCI demo six</h1>"), "{d}");
 
     // the upstream goes away: the home page says since when and why
     let mut web = web;
