@@ -18,4 +18,6 @@ if [ "${ONLY:-}" = store ]; then exec python3 benches/shared_store.py; fi
 # ONLY=page runs benches/page.py (the catalog page on the 15k index; BASE_BIN=... adds the
 # pull path with and without the page), writing RESULTS-page.md
 if [ "${ONLY:-}" = page ]; then exec python3 benches/page.py; fi
+# ONLY=growth runs benches/growth.py (index size and cache size against time and memory)
+if [ "${ONLY:-}" = growth ]; then exec python3 benches/growth.py; fi
 exec python3 benches/load.py
