@@ -106,6 +106,11 @@ impl Throttle {
         }
     }
 
+    /// One refused login for `client` (see `Access::accepts`).
+    pub fn refused(&self, client: Option<IpAddr>) {
+        self.failed(client);
+    }
+
     fn succeeded(&self, client: Option<IpAddr>) {
         if let Some(c) = client {
             self.failures.invalidate(&c);
@@ -255,6 +260,23 @@ impl Access {
         client: Option<IpAddr>,
         throttle: &Throttle,
     ) -> Result<bool> {
+        let ok = self.accepts(header, client, throttle).await?;
+        if !ok {
+            throttle.failed(client);
+        }
+        Ok(ok)
+    }
+
+    /// As `valid`, but a refusal is not counted against `client`: for listings that try one
+    /// header on every protected upstream (a browser holding one upstream's credentials is not
+    /// failing to log in to the others). The caller counts one failure when none accepts it
+    /// (`Throttle::refused`). A client that must wait still waits.
+    pub async fn accepts(
+        &self,
+        header: &str,
+        client: Option<IpAddr>,
+        throttle: &Throttle,
+    ) -> Result<bool> {
         let key = hmac(&self.key, header.trim().as_bytes());
         if self.verified.contains_key(&key) {
             return Ok(true);
@@ -264,8 +286,6 @@ impl Access {
         if ok {
             self.verified.insert(key, ());
             throttle.succeeded(client);
-        } else {
-            throttle.failed(client);
         }
         Ok(ok)
     }

@@ -287,14 +287,7 @@ impl App {
                 Ok(views::oci::api_base(req))
             }
             Route::Catalog { n, last } => {
-                let mut readable = Vec::new();
-                for u in &live.config.upstreams {
-                    if let Some(src) = live.upstreams.get(&u.name) {
-                        if self.authorize(src, req).await.is_ok() {
-                            readable.push((&u.name, src));
-                        }
-                    }
-                }
+                let readable = self.readable(live, req).await;
                 let private = readable.iter().any(|(_, s)| s.config().access.is_some());
                 Ok(views::oci::catalog(readable, n, last.as_deref(), req)
                     .await?
@@ -419,16 +412,9 @@ impl App {
     /// protected upstream is 401 without its credentials.
     async fn page(&self, live: &Live, p: route::Page, req: &Request) -> Result<Response> {
         use route::Page;
-        let mut visible = Vec::new();
-        for u in &live.config.upstreams {
-            if let Some(src) = live.upstreams.get(&u.name) {
-                if self.authorize(src, req).await.is_ok() {
-                    visible.push(src);
-                }
-            }
-        }
+        let visible = self.readable(live, req).await;
         let site = views::page::Site {
-            upstreams: visible,
+            upstreams: visible.into_iter().map(|(_, s)| s).collect(),
             cache: self.cache(),
             req,
         };
@@ -465,6 +451,43 @@ impl App {
             }
         }
         .map(|r| r.private(live.config.upstreams.iter().any(|u| u.access.is_some())))
+    }
+
+    /// The upstreams this request may read, in configuration order, for listings (`_catalog`,
+    /// the page). Its credentials are tried on every protected upstream, but count as one
+    /// failed login only when no upstream accepts them.
+    async fn readable<'a>(
+        &self,
+        live: &'a Live,
+        req: &Request,
+    ) -> Vec<(&'a UpstreamName, &'a Source)> {
+        let mut out = Vec::new();
+        let (mut tried, mut accepted) = (false, false);
+        for u in &live.config.upstreams {
+            let Some(src) = live.upstreams.get(&u.name) else {
+                continue;
+            };
+            let ok = match (&u.access, req.authorization.as_deref()) {
+                (None, _) => true,
+                (Some(a), None) => a.anonymous,
+                (Some(a), Some(h)) => {
+                    tried = true;
+                    let ok = a
+                        .accepts(h, req.client, &self.throttle)
+                        .await
+                        .unwrap_or(false);
+                    accepted |= ok;
+                    ok
+                }
+            };
+            if ok {
+                out.push((&u.name, src));
+            }
+        }
+        if tried && !accepted {
+            self.throttle.refused(req.client);
+        }
+        out
     }
 
     /// Refuses a request to a protected upstream without credentials it accepts.

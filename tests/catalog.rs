@@ -178,12 +178,15 @@ fn the_catalog_shows_people_what_the_mirror_holds_and_nothing_can_run() {
             "charts",
         );
     }
+    write_htpasswd(&secrets.path().join("vault.htpasswd"), "bob", "builder-pw");
     let ups = format!(
-        "{}{}    access: {{htpasswd_file: {}}}\n{}",
+        "{}{}    access: {{htpasswd_file: {}}}\n{}{}    access: {{htpasswd_file: {}}}\n",
         helm_upstream("charts", &web.url()),
         helm_upstream("secret", &web.url()),
         secrets.path().join("htpasswd").display(),
         oci_upstream("reg", &reg.url(), "    charts: [charts/ocidemo]\n"),
+        helm_upstream("vault", &web.url()),
+        secrets.path().join("vault.htpasswd").display(),
     );
     let bridge = chartbridge_full(&ups, "", None, &[], "info");
     let u = bridge.url();
@@ -229,6 +232,28 @@ fn the_catalog_shows_people_what_the_mirror_holds_and_nothing_can_run() {
         .text()
         .unwrap();
     assert!(with_creds.contains(">secret<"), "listed with credentials");
+    assert!(!with_creds.contains(">vault<"), "not another upstream's");
+    // alice browsing is not failing to log in to vault, however often she looks
+    let failures = || {
+        let m = get(&format!("{u}/metrics")).text().unwrap();
+        metric(
+            &m,
+            "chartbridge_auth_failures_total",
+            &["outcome=\"invalid\""],
+        )
+    };
+    for _ in 0..8 {
+        let r = html_get(&format!("{u}/-/"), Some(("alice", "wonder-pw")));
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(failures(), 0.0);
+    let bob = html_get(&format!("{u}/-/"), Some(("bob", "builder-pw")))
+        .text()
+        .unwrap();
+    assert!(bob.contains(">vault<") && !bob.contains(">secret<"));
+    // credentials no upstream accepts count once per look
+    html_get(&format!("{u}/-/"), Some(("mallory", "guess")));
+    assert_eq!(failures(), 1.0);
     assert_eq!(html_get(&format!("{u}/-/u/secret"), None).status(), 401);
     assert_eq!(
         html_get(&format!("{u}/-/u/secret"), Some(("alice", "wonder-pw"))).status(),
