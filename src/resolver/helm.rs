@@ -139,6 +139,9 @@ pub struct HelmUpstream {
     /// Where releases before the cache kept refs kept this upstream's last good index; read
     /// once, when nothing newer is known.
     legacy_index: PathBuf,
+    /// The part of `content_key` that is the same for every index version (built once: the
+    /// key is asked for on every request).
+    content_prefix: String,
 }
 
 impl HelmUpstream {
@@ -148,7 +151,16 @@ impl HelmUpstream {
         stores: &Stores,
         limits: Limits,
     ) -> Result<HelmUpstream> {
+        let content_prefix = format!(
+            "index\0{}\0{}\0{}\0{:?}\0",
+            config.name,
+            config.url,
+            config.index_format.as_str(),
+            // the tag lists and manifests memoised with the content depend on it
+            config.float,
+        );
         Ok(HelmUpstream {
+            content_prefix,
             legacy_index: stores
                 .dir
                 .join("indexes")
@@ -264,15 +276,10 @@ impl HelmUpstream {
 
     /// Where the parsed content of one index version lives among the derived values.
     fn content_key(&self, meta: &IndexMeta) -> String {
-        format!(
-            "index\0{}\0{}\0{}\0{:?}\0{}",
-            self.name(),
-            self.config.url,
-            self.config.index_format.as_str(),
-            // the tag lists and manifests memoised with the content depend on it
-            self.config.float,
-            meta.digest
-        )
+        let mut key = String::with_capacity(self.content_prefix.len() + meta.digest.len());
+        key.push_str(&self.content_prefix);
+        key.push_str(&meta.digest);
+        key
     }
 
     fn index_url(&self) -> Result<Url> {

@@ -182,6 +182,9 @@ struct UpstreamRow {
     index: Option<(String, u64)>,
     charts: usize,
     versions: Option<usize>,
+    /// What the row was read from, for the listing and search on the same page (read once).
+    content: Option<Arc<crate::resolver::helm::IndexContent>>,
+    repos: Vec<RepoName>,
 }
 
 async fn upstream_row(src: &Source) -> UpstreamRow {
@@ -198,6 +201,8 @@ async fn upstream_row(src: &Source) -> UpstreamRow {
         index: None,
         charts: 0,
         versions: None,
+        content: None,
+        repos: Vec::new(),
     };
     match src {
         Source::Helm(h) => {
@@ -223,9 +228,11 @@ async fn upstream_row(src: &Source) -> UpstreamRow {
                 ),
                 _ => ("not fetched yet".into(), "warn"),
             };
+            row.content = peek.content;
         }
         Source::Oci(o) => {
-            row.charts = o.peek_repositories().await.len();
+            row.repos = o.peek_repositories().await;
+            row.charts = row.repos.len();
             (row.state, row.class) = if c.policy.offline {
                 ("offline".into(), "off")
             } else {
@@ -256,10 +263,7 @@ pub async fn home(site: &Site<'_>, q: Option<&str>) -> Result<Response> {
         .filter(|(u, _, _)| visible.contains(u))
         .take(10)
         .collect();
-    let results = match q {
-        Some(q) => Some(search(site, q).await),
-        None => None,
-    };
+    let results = q.map(|q| search(&rows, q));
     let body = html! {
         @if let (Some(q), Some(results)) = (q, &results) {
             section {
@@ -324,35 +328,31 @@ pub async fn home(site: &Site<'_>, q: Option<&str>) -> Result<Response> {
     Ok(layout(site.req, "Catalog", &[], body))
 }
 
-/// Charts across the visible upstreams whose name, description or keywords contain `q`.
-async fn search(site: &Site<'_>, q: &str) -> Vec<(String, String, String)> {
+/// Charts across the visible upstreams (`rows`) whose name, description or keywords contain
+/// `q`.
+fn search(rows: &[UpstreamRow], q: &str) -> Vec<(String, String, String)> {
     let needle = q.to_lowercase();
     let mut out = Vec::new();
-    for s in &site.upstreams {
-        let name = s.config().name.to_string();
-        match s {
-            Source::Helm(h) => {
-                if let Some(content) = h.peek_index().await.content {
-                    for c in content.entries().chart_infos() {
-                        let hit = c.name.to_lowercase().contains(&needle)
-                            || c.description.to_lowercase().contains(&needle)
-                            || c.keywords.to_lowercase().contains(&needle);
-                        if hit {
-                            out.push((name.clone(), c.name.to_string(), c.description.to_string()));
-                        }
-                        if out.len() >= MAX_RESULTS {
-                            return out;
-                        }
-                    }
+    for row in rows {
+        if let Some(content) = &row.content {
+            for c in content.entries().chart_infos() {
+                let hit = c.name.to_lowercase().contains(&needle)
+                    || c.description.to_lowercase().contains(&needle)
+                    || c.keywords.to_lowercase().contains(&needle);
+                if hit {
+                    out.push((
+                        row.name.clone(),
+                        c.name.to_string(),
+                        c.description.to_string(),
+                    ));
                 }
             }
-            Source::Oci(o) => {
-                for r in o.peek_repositories().await {
-                    if r.as_str().contains(&needle) {
-                        out.push((name.clone(), r.to_string(), String::new()));
-                    }
-                }
-            }
+        }
+        for r in row.repos.iter().filter(|r| r.as_str().contains(&needle)) {
+            out.push((row.name.clone(), r.to_string(), String::new()));
+        }
+        if out.len() >= MAX_RESULTS {
+            break;
         }
     }
     out.truncate(MAX_RESULTS);
@@ -386,7 +386,7 @@ pub async fn upstream(
         .unwrap_or_default();
     let row = upstream_row(src).await;
     let (rows, total): (Vec<(String, String, String)>, usize) = match src {
-        Source::Helm(h) => match h.peek_index().await.content {
+        Source::Helm(_) => match &row.content {
             Some(content) => {
                 let e = content.entries();
                 let matching: Vec<_> = e
@@ -416,10 +416,9 @@ pub async fn upstream(
             None => (Vec::new(), 0),
         },
         Source::Oci(o) => {
-            let repos: Vec<RepoName> = o
-                .peek_repositories()
-                .await
-                .into_iter()
+            let repos: Vec<&RepoName> = row
+                .repos
+                .iter()
                 .filter(|r| needle.is_empty() || r.as_str().contains(&needle))
                 .collect();
             let total = repos.len();
@@ -429,7 +428,7 @@ pub async fn upstream(
                 .skip((page - 1) * PAGE_ROWS)
                 .take(PAGE_ROWS)
             {
-                let (tags, _) = o.peek_tags(&r).await;
+                let (tags, _) = o.peek_tags(r).await;
                 let newest = tags
                     .as_deref()
                     .and_then(|t| version::highest_stable(t.iter().map(String::as_str)))
