@@ -1,0 +1,142 @@
+use super::*;
+
+#[tokio::test]
+async fn evicts_least_recently_used_to_fit_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), 25).await.unwrap();
+    let blobs: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 10])).collect();
+    let ds: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
+    store.put(&ds[0], blobs[0].clone()).await.unwrap();
+    store.put(&ds[1], blobs[1].clone()).await.unwrap();
+    store.get(&ds[0]).await.unwrap(); // 0 is now more recent than 1
+    store.put(&ds[2], blobs[2].clone()).await.unwrap();
+    assert!(store.stat(&ds[0]).await.unwrap().is_some());
+    assert!(store.stat(&ds[1]).await.unwrap().is_none());
+    assert!(!dir.path().join("sha256").join(ds[1].hex()).exists());
+    assert_eq!(store.used_bytes(), 20);
+}
+
+/// A full disk (here /dev/full, which answers ENOSPC) does not fail the stream: the writer
+/// keeps hashing, verification still works, and only the commit reports "not cached".
+#[tokio::test]
+async fn a_full_disk_degrades_to_stream_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), 1 << 30).await.unwrap();
+    let data = vec![5u8; 3 << 20];
+    let d = Digest::of(&data);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut w = DiskWriter {
+        root: store.root.clone(),
+        max_bytes: store.max_bytes,
+        state: store.state.clone(),
+        digest: d.clone(),
+        tmp: dir.path().join("tmp").join("full.part"),
+        file: Some(Arc::new(TempFile {
+            file: full,
+            written: AtomicU64::new(0),
+        })),
+        pending: Vec::new(),
+        hasher: Sha256::new(),
+        size: 0,
+        verified: false,
+        failed: None,
+    };
+    for chunk in data.chunks(64 << 10) {
+        w.write(chunk).await.expect("writes keep succeeding");
+    }
+    assert!(w.failed.is_some());
+    w.verify().expect("the digest still checks");
+    let e = Box::new(w).commit().await.unwrap_err();
+    assert!(e.message().contains("not cached"), "{e}");
+    assert_eq!(store.stat(&d).await.unwrap(), None);
+}
+
+/// A disk where no temp file can be created still lets the blob stream and verify.
+#[tokio::test]
+async fn no_temp_file_degrades_to_stream_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), 1 << 30).await.unwrap();
+    // a file where the temp directory should be: it cannot be recreated either
+    std::fs::remove_dir(dir.path().join("tmp")).unwrap();
+    std::fs::write(dir.path().join("tmp"), b"").unwrap();
+    let d = Digest::of(b"blob");
+    let mut w = store.begin(&d).await.expect("begin does not fail");
+    assert!(w.partial().is_none());
+    w.write(b"blob").await.unwrap();
+    w.verify().unwrap();
+    assert!(w
+        .commit()
+        .await
+        .unwrap_err()
+        .message()
+        .contains("not cached"));
+}
+
+#[tokio::test]
+async fn verify_on_read_removes_a_corrupted_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), 1 << 20)
+        .await
+        .unwrap()
+        .with_verify_on_read(true);
+    let b = Bytes::from_static(b"the real bytes");
+    let d = Digest::of(&b);
+    store.put(&d, b.clone()).await.unwrap();
+    assert_eq!(store.get(&d).await.unwrap(), Some(b));
+    std::fs::write(dir.path().join("sha256").join(d.hex()), b"bit rot!").unwrap();
+    assert_eq!(
+        store.get(&d).await.unwrap(),
+        None,
+        "treated as a miss, so it is refetched"
+    );
+    assert!(!dir.path().join("sha256").join(d.hex()).exists());
+    assert_eq!(store.used_bytes(), 0);
+}
+
+/// Reads refresh the file mtime, so the LRU order survives a restart.
+#[tokio::test]
+async fn recency_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 10])).collect();
+    let ds: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
+    {
+        let store = DiskStore::open(dir.path(), 1 << 20).await.unwrap();
+        store.put(&ds[0], blobs[0].clone()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        store.put(&ds[1], blobs[1].clone()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        store.get(&ds[0]).await.unwrap(); // 0 is now the most recently used
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let store = DiskStore::open(dir.path(), 25).await.unwrap();
+    store.put(&ds[2], blobs[2].clone()).await.unwrap();
+    assert!(
+        store.stat(&ds[0]).await.unwrap().is_some(),
+        "read before the restart: kept"
+    );
+    assert!(
+        store.stat(&ds[1]).await.unwrap().is_none(),
+        "least recently used: evicted"
+    );
+}
+
+#[tokio::test]
+async fn reopening_finds_blobs_and_cleans_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bytes::from_static(b"persisted");
+    let d = Digest::of(&b);
+    {
+        let store = DiskStore::open(dir.path(), 1 << 20).await.unwrap();
+        store.put(&d, b.clone()).await.unwrap();
+    }
+    std::fs::write(dir.path().join("tmp").join("crashed.part"), b"half").unwrap();
+    let store = DiskStore::open(dir.path(), 1 << 20).await.unwrap();
+    assert_eq!(store.get(&d).await.unwrap(), Some(b));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+}
