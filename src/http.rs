@@ -2,6 +2,8 @@
 //! handling, and `error_response`: the one place that maps a domain error to an HTTP status and
 //! body (OCI error JSON on `/v2/`, plain text elsewhere). Knows nothing of pingora or the cache.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 use crate::error::{Error, Kind};
@@ -124,8 +126,9 @@ const IMMUTABLE_SECS: u64 = 31_536_000;
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
-    /// Includes `Content-Length`, which is the full body length even for HEAD.
-    pub headers: Vec<(&'static str, String)>,
+    /// Includes `Content-Length`, which is the full body length even for HEAD. Values are
+    /// borrowed where they never change, so a constant header costs no allocation.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     /// Empty for HEAD and bodiless statuses.
     pub body: Body,
     /// Served from a last-known copy because the upstream failed (the app adds `Warning`).
@@ -162,9 +165,9 @@ impl Response {
         self
     }
 
-    fn set_header(&mut self, name: &'static str, value: String) {
+    fn set_header(&mut self, name: &'static str, value: impl Into<Cow<'static, str>>) {
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-        self.headers.push((name, value));
+        self.headers.push((name, value.into()));
     }
 
     /// Marks the answer as served from a last-known copy (or not).
@@ -173,7 +176,7 @@ impl Response {
         self
     }
 
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+    pub fn header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Response {
         self.headers.push((name, value.into()));
         self
     }
@@ -182,12 +185,17 @@ impl Response {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// A complete body with its `Content-Type` and `Content-Length`; for HEAD the body is
     /// dropped and the length kept.
-    pub fn with_body(mut self, content_type: &str, body: Bytes, head: bool) -> Response {
+    pub fn with_body(
+        mut self,
+        content_type: impl Into<Cow<'static, str>>,
+        body: Bytes,
+        head: bool,
+    ) -> Response {
         self = self
             .header("Content-Type", content_type)
             .header("Content-Length", body.len().to_string());
@@ -200,7 +208,7 @@ impl Response {
     /// A body of `len` bytes that will arrive on `rx`.
     pub fn with_stream(
         mut self,
-        content_type: &str,
+        content_type: impl Into<Cow<'static, str>>,
         len: u64,
         rx: tokio::sync::mpsc::Receiver<Result<Bytes, Error>>,
     ) -> Response {
@@ -317,7 +325,7 @@ pub fn error_response(err: &Error, api: Api) -> Response {
 /// A blob response: `Docker-Content-Digest`, `Accept-Ranges`, and Range support.
 pub fn blob_response(
     req: &Request,
-    content_type: &str,
+    content_type: impl Into<Cow<'static, str>>,
     bytes: Bytes,
     digest: Option<&Digest>,
 ) -> Response {
@@ -327,7 +335,7 @@ pub fn blob_response(
 /// As `blob_response`, for bytes in memory or in an open file.
 pub fn data_response(
     req: &Request,
-    content_type: &str,
+    content_type: impl Into<Cow<'static, str>>,
     data: Content,
     digest: Option<&Digest>,
 ) -> Response {

@@ -14,30 +14,38 @@ use crate::error::{Error, Kind};
 /// every registry we mirror produce, and it keeps cache keys uniform.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
-    hex: String,
+    /// Lower-case hex, inline: a digest is cloned and compared on every request, and a fixed
+    /// array costs no allocation (ordering and hashing are those of the hex string).
+    hex: [u8; 64],
 }
 
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest {
-            hex: hex::encode(Sha256::digest(bytes)),
-        }
+        Digest::from_raw(Sha256::digest(bytes).into())
     }
 
     /// Builds a digest from a finished hasher.
     pub fn from_hasher(h: Sha256) -> Digest {
-        Digest {
-            hex: hex::encode(h.finalize()),
+        Digest::from_raw(h.finalize().into())
+    }
+
+    fn from_raw(raw: [u8; 32]) -> Digest {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 64];
+        for (i, b) in raw.iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(b >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(b & 15)];
         }
+        Digest { hex }
     }
 
     /// Parses the bare hex form used by Helm's index.yaml `digest` field.
     pub fn from_hex(hex: &str) -> Result<Digest, Error> {
         if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Digest {
-                hex: hex.to_string(),
-            })
+            let mut h = [0u8; 64];
+            h.copy_from_slice(hex.as_bytes());
+            Ok(Digest { hex: h })
         } else {
             Err(Error::new(
                 Kind::DigestInvalid,
@@ -47,7 +55,8 @@ impl Digest {
     }
 
     pub fn hex(&self) -> &str {
-        &self.hex
+        // Only ever built from ASCII hex digits.
+        std::str::from_utf8(&self.hex).unwrap_or_default()
     }
 }
 
@@ -71,13 +80,13 @@ impl FromStr for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        write!(f, "sha256:{}", self.hex())
     }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        write!(f, "sha256:{}", self.hex())
     }
 }
 

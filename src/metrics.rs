@@ -266,22 +266,28 @@ pub struct RequestNotes {
     pub upstream: &'static str,
 }
 
-/// Runs `f` with a fresh per-request context; returns its output and what was recorded.
-pub async fn with_request_context<F: std::future::Future>(f: F) -> (F::Output, RequestNotes) {
-    REQUEST
-        .scope(RequestContext::default(), async {
-            let out = f.await;
-            let notes = REQUEST.with(|c| RequestNotes {
-                cache: if c.cache.get().is_empty() {
-                    "-"
-                } else {
-                    c.cache.get()
-                },
-                upstream: c.upstream.get().unwrap_or("-"),
-            });
-            (out, notes)
-        })
-        .await
+/// Runs the future `f` makes with a fresh per-request context; returns its output and what
+/// was recorded. `f` makes the future inside the scope, so its (large) state is stored once,
+/// not once as an argument and again as the awaited future.
+pub fn with_request_context<F, Fut>(
+    f: F,
+) -> impl std::future::Future<Output = (Fut::Output, RequestNotes)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future,
+{
+    REQUEST.scope(RequestContext::default(), async move {
+        let out = f().await;
+        let notes = REQUEST.with(|c| RequestNotes {
+            cache: if c.cache.get().is_empty() {
+                "-"
+            } else {
+                c.cache.get()
+            },
+            upstream: c.upstream.get().unwrap_or("-"),
+        });
+        (out, notes)
+    })
 }
 
 /// Records which upstream serves the current request. Upstream names are configured once and

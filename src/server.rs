@@ -28,12 +28,17 @@ struct Http {
     only: Option<&'static [&'static str]>,
 }
 
-fn header(session: &ServerSession, name: &str) -> Option<String> {
+fn header(session: &ServerSession, name: impl http::header::AsHeaderName) -> Option<String> {
     session
-        .get_header(name)
+        .req_header()
+        .headers
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
 /// What became of one request on a connection.
 enum Next {
@@ -84,19 +89,19 @@ impl Http {
             method: h.method.as_str().to_string(),
             path: h.uri.path().to_string(),
             query: h.uri.query().map(str::to_string),
-            range: header(&session, "range").and_then(|r| parse_range_header(&r)),
-            if_range: header(&session, "if-range"),
-            if_none_match: header(&session, "if-none-match"),
-            authorization: header(&session, "authorization"),
-            request_id: header(&session, "x-request-id"),
+            range: header(&session, http::header::RANGE).and_then(|r| parse_range_header(&r)),
+            if_range: header(&session, http::header::IF_RANGE),
+            if_none_match: header(&session, http::header::IF_NONE_MATCH),
+            authorization: header(&session, http::header::AUTHORIZATION),
+            request_id: header(&session, X_REQUEST_ID),
             page: (h.uri.path() == "/" || h.uri.path() == "/-" || h.uri.path().starts_with("/-/"))
                 .then(|| {
                     Box::new(crate::http::PageHeaders {
-                        accept: header(&session, "accept"),
-                        host: header(&session, "host")
+                        accept: header(&session, http::header::ACCEPT),
+                        host: header(&session, http::header::HOST)
                             .or_else(|| h.uri.authority().map(|a| a.to_string())),
-                        origin: header(&session, "origin"),
-                        sec_fetch_site: header(&session, "sec-fetch-site"),
+                        origin: header(&session, http::header::ORIGIN),
+                        sec_fetch_site: header(&session, SEC_FETCH_SITE),
                         secure: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
                     })
                 }),
@@ -278,12 +283,56 @@ fn raise_open_files() -> u64 {
     lim.rlim_cur
 }
 
+/// The response head as pingora writes it, built from `http` parts: names from constants (no
+/// parsing), values without copying, and no case map (names go out in their canonical case).
+fn response_head(
+    status: u16,
+    headers: Vec<(&'static str, std::borrow::Cow<'static, str>)>,
+) -> pingora::Result<ResponseHeader> {
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = http::StatusCode::from_u16(status)
+        .map_err(|_| abort(format!("invalid status {status}")))?;
+    parts.headers.reserve(headers.len() + 2);
+    for (k, v) in headers {
+        let value = match v {
+            std::borrow::Cow::Borrowed(s) => {
+                http::HeaderValue::from_maybe_shared(Bytes::from_static(s.as_bytes()))
+            }
+            std::borrow::Cow::Owned(s) => {
+                http::HeaderValue::from_maybe_shared(Bytes::from(s.into_bytes()))
+            }
+        }
+        .map_err(|_| abort(format!("invalid value for header {k}")))?;
+        parts.headers.append(header_name(k)?, value);
+    }
+    Ok(ResponseHeader::from(parts))
+}
+
+/// The names the views use, as constants; any other is parsed.
+fn header_name(name: &'static str) -> pingora::Result<http::HeaderName> {
+    use http::header as h;
+    const DOCKER_CONTENT_DIGEST: http::HeaderName =
+        http::HeaderName::from_static("docker-content-digest");
+    const DOCKER_DISTRIBUTION_API_VERSION: http::HeaderName =
+        http::HeaderName::from_static("docker-distribution-api-version");
+    Ok(match name {
+        "Content-Type" => h::CONTENT_TYPE,
+        "Content-Length" => h::CONTENT_LENGTH,
+        "Accept-Ranges" => h::ACCEPT_RANGES,
+        "ETag" => h::ETAG,
+        "Cache-Control" => h::CACHE_CONTROL,
+        "Docker-Content-Digest" => DOCKER_CONTENT_DIGEST,
+        "Docker-Distribution-API-Version" => DOCKER_DISTRIBUTION_API_VERSION,
+        "X-Request-Id" => X_REQUEST_ID,
+        other => http::HeaderName::from_bytes(other.as_bytes())
+            .map_err(|_| abort(format!("invalid header name {other}")))?,
+    })
+}
+
 async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<()> {
     let declared = resp.content_length();
-    let mut head = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))?;
-    for (k, v) in &resp.headers {
-        head.insert_header(*k, v.as_str())?;
-    }
+    let mut resp = resp;
+    let head = response_head(resp.status, std::mem::take(&mut resp.headers))?;
     session.write_response_header(Box::new(head)).await?;
     match resp.body {
         Body::Full(b) if b.is_empty() => {}

@@ -20,10 +20,10 @@ pub struct Links {
     refs: Arc<dyn RefStore>,
     background: super::Background,
     /// sha256 of the link's name: a fixed-size key, and no collision can grant access.
-    known: moka::sync::Cache<Digest, ()>,
+    known: moka::sync::Cache<[u8; 32], ()>,
     /// Manifests whose references this process has linked (a manifest may be linked first as
     /// the child of an index, before its own references are known).
-    expanded: moka::sync::Cache<Digest, ()>,
+    expanded: moka::sync::Cache<[u8; 32], ()>,
 }
 
 /// The ref name of one link.
@@ -36,8 +36,16 @@ pub fn repo_links(upstream: &str, repo: &str) -> RefName {
     RefName::new(["links", upstream, repo])
 }
 
-fn key(name: &RefName) -> Digest {
-    Digest::of(name.encoded().as_bytes())
+/// The memory key of one link: sha256 over its length-prefixed parts (no name built, no
+/// allocation: this runs on every by-digest read).
+fn key(upstream: &str, repo: &str, d: &Digest) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in [upstream, repo, d.hex()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
 }
 
 impl Links {
@@ -56,11 +64,11 @@ impl Links {
 
     /// Whether `upstream`/`repo` is known to hold `d`.
     pub async fn has(&self, upstream: &str, repo: &str, d: &Digest) -> bool {
-        let name = link_name(upstream, repo, d);
-        let k = key(&name);
+        let k = key(upstream, repo, d);
         if self.known.contains_key(&k) {
             return true;
         }
+        let name = link_name(upstream, repo, d);
         match self.refs.get(&name).await {
             Ok(Some(_)) => {
                 self.known.insert(k, ());
@@ -75,11 +83,11 @@ impl Links {
     /// background: a link lost to a crash costs one question to the upstream, never a wrong
     /// answer.
     pub async fn add(&self, upstream: &str, repo: &str, d: &Digest) -> bool {
-        let name = link_name(upstream, repo, d);
-        let k = key(&name);
+        let k = key(upstream, repo, d);
         if self.known.contains_key(&k) {
             return false;
         }
+        let name = link_name(upstream, repo, d);
         self.known.insert(k, ());
         let refs = self.refs.clone();
         self.background.spawn(async move {
@@ -97,8 +105,8 @@ impl Links {
     /// links before it stores, so whoever finds the bytes (another replica on a shared
     /// store, which requires the link) finds the link too.
     pub async fn add_durable(&self, upstream: &str, repo: &str, d: &Digest) {
+        self.known.insert(key(upstream, repo, d), ());
         let name = link_name(upstream, repo, d);
-        self.known.insert(key(&name), ());
         if matches!(self.refs.get(&name).await, Ok(Some(_))) {
             return;
         }
@@ -112,7 +120,7 @@ impl Links {
     /// manifest and process.
     pub async fn add_manifest(&self, upstream: &str, repo: &str, d: &Digest, bytes: &[u8]) {
         self.add(upstream, repo, d).await;
-        let k = key(&link_name(upstream, repo, d));
+        let k = key(upstream, repo, d);
         if self.expanded.contains_key(&k) {
             return;
         }

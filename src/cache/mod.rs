@@ -184,6 +184,14 @@ impl BlobCache {
         Ok(hit)
     }
 
+    /// The blob's bytes if the memory tier holds them (counted as a memory hit); a miss is
+    /// not counted, since the caller goes on to `read_near`, which counts it.
+    pub async fn memory_hit(&self, d: &Digest) -> Option<Bytes> {
+        let b = self.memory.get(d).await?;
+        crate::metrics::cache_lookup("memory", true);
+        Some(b)
+    }
+
     /// The blob for serving: small blobs as bytes (promoted to memory), big ones as a file.
     pub async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
         self.read_from(d, false).await

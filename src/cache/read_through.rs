@@ -341,6 +341,11 @@ impl Cache {
         Ok(self.blobs.stat(d).await?.is_some())
     }
 
+    /// A blob's bytes if the memory tier holds them: the warm path's one lookup.
+    pub async fn memory_blob(&self, d: &Digest) -> Option<Bytes> {
+        self.blobs.memory_hit(d).await
+    }
+
     /// A blob's size, if the stores hold it.
     pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
         self.blobs.stat(d).await
@@ -391,7 +396,8 @@ impl Cache {
         if let Some(b) = self.blobs.get(&key.digest).await? {
             return Ok(b);
         }
-        self.fetch_blob_once(None, key, fetch).await
+        // Boxed: the fetch's state stays off the cached path's future.
+        Box::pin(self.fetch_blob_once(None, key, fetch)).await
     }
 
     /// Fetches a blob once for every concurrent caller, verifies, stores and links it. With
@@ -524,8 +530,8 @@ impl Cache {
         // Not `blob_bytes`: a blob stored under this digest without a media type (a layer
         // asked for as a manifest) must not pass for a manifest; the upstream decides.
         let (this, k) = (self.clone(), key.clone());
-        let bytes = self
-            .fetch_blob_once(Some("manifest"), key, move || async move {
+        let bytes = Box::pin(
+            self.fetch_blob_once(Some("manifest"), key, move || async move {
                 let (bytes, mt) = fetch().await?;
                 // The media type is kept only for the right bytes, and before any waiter of
                 // this fetch reads it.
@@ -545,8 +551,9 @@ impl Cache {
                     .await;
                 this.put_manifest(d, bytes.clone(), &mt).await?;
                 Ok(bytes)
-            })
-            .await?;
+            }),
+        )
+        .await?;
         match self.known_value(&media_type_name(&key.digest)).await {
             Some(v) => Ok((bytes, String::from_utf8_lossy(&v).into_owned())),
             None => Err(Error::internal(
@@ -575,13 +582,12 @@ impl Cache {
         if let Some(v) = self.derived_fresh::<T>(&key, ttl) {
             return Ok(v);
         }
-        let built = self
-            .derived_flight
-            .run(key.clone(), async move {
-                let v = build().await?;
-                Ok(v as Arc<dyn Any + Send + Sync>)
-            })
-            .await?;
+        // Boxed: the build's state stays off the fresh path's future.
+        let built = Box::pin(self.derived_flight.run(key.clone(), async move {
+            let v = build().await?;
+            Ok(v as Arc<dyn Any + Send + Sync>)
+        }))
+        .await?;
         let v = built
             .downcast::<T>()
             .map_err(|_| Error::internal(format!("derived value {key:?} has another type")))?;

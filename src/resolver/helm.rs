@@ -643,14 +643,15 @@ impl HelmUpstream {
                 return Ok(b);
             }
         }
-        let state = self.index().await?.value;
+        // Boxed, as every cold step: the warm path's future stays small.
+        let state = Box::pin(self.index()).await?.value;
         let version = Self::entries(&state, chart)?
             .find(|e| e.digest == d.hex())
             .map(|e| e.version.to_string());
         match version {
             Some(version) => {
                 let at = self.locate(&state, chart, &version)?;
-                Ok(self.archive(&at).await?.0)
+                Ok(Box::pin(self.archive(&at)).await?.0)
             }
             None => Err(Error::new(Kind::BlobUnknown, format!("blob {d} unknown"))),
         }

@@ -406,17 +406,19 @@ impl OciUpstream {
         let (bytes, media_type) = match self.cache.cached_manifest(d).await? {
             Some(m) => {
                 if !named_here && !links.has(self.name(), repo, d).await {
-                    self.head_manifest(repo, d).await?;
+                    Box::pin(self.head_manifest(repo, d)).await?;
                 }
                 m
             }
             None => {
                 let (this, r, dd) = (self.clone(), repo.to_string(), d.clone());
-                self.cache
-                    .manifest(&BlobKey::new(self.name(), repo, d), move || async move {
-                        this.get_manifest(&r, &dd).await
-                    })
-                    .await?
+                Box::pin(
+                    self.cache
+                        .manifest(&BlobKey::new(self.name(), repo, d), move || async move {
+                            this.get_manifest(&r, &dd).await
+                        }),
+                )
+                .await?
             }
         };
         links.add_manifest(self.name(), repo, d, &bytes).await;

@@ -194,7 +194,7 @@ pub async fn manifest(
     Ok(Response::new(200)
         .header("Docker-Content-Digest", m.digest.to_string())
         .header("ETag", format!("\"{}\"", m.digest))
-        .with_body(&m.media_type, m.bytes, req.is_head())
+        .with_body(m.media_type, m.bytes, req.is_head())
         .caching(caching)
         .stale(stale))
 }
@@ -260,7 +260,7 @@ pub async fn referrers(
         }
         Source::Oci(up) => {
             let (status, ct, body) = up.referrers(repo, d, query).await?;
-            let mut r = Response::new(status).with_body(&ct, body, req.is_head());
+            let mut r = Response::new(status).with_body(ct, body, req.is_head());
             r.status = status;
             Ok(r)
         }

@@ -50,7 +50,7 @@ pub fn harden(mut resp: Response) -> Response {
         ("Referrer-Policy", "same-origin"),
         ("X-Frame-Options", "DENY"),
     ] {
-        resp.headers.push((k, v.to_string()));
+        resp.headers.push((k, v.into()));
     }
     resp
 }

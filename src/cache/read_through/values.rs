@@ -55,9 +55,8 @@ impl Cache {
             self.background.clone(),
         );
         let n = name.clone();
-        let served = self
-            .value_flight
-            .run(name.clone(), async move {
+        // Boxed: the fetch path's state stays off the fresh path's future.
+        let served = Box::pin(self.value_flight.run(name.clone(), async move {
                 let known = match values.get(&n).await {
                     Some(s) => Some(s.value),
                     None => refs.get(&n).await.ok().flatten(),
@@ -111,7 +110,7 @@ impl Cache {
                         Err(e)
                     }
                 }
-            })
+            }))
             .await?;
         if served.stale {
             crate::metrics::stale_served(freshness.kind);
@@ -141,7 +140,7 @@ impl Cache {
                 }
             }
         }
-        let served = self.value(name, freshness, fetch).await?;
+        let served = Box::pin(self.value(name, freshness, fetch)).await?;
         let t = Arc::new(decode(&served.value)?);
         if let Some(mut s) = self.values.get(name).await {
             if s.value == served.value {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{body, BlobAnswer, OciUpstream};
-use crate::cache::{BlobKey, Streamed};
+use crate::cache::{BlobData, BlobKey, Streamed};
 use crate::error::{Error, Kind, Result};
 use crate::ids::{ByteRange, Digest, RepoName};
 use crate::upstream::redact;
@@ -21,13 +21,18 @@ impl OciUpstream {
         range: Option<ByteRange>,
     ) -> Result<BlobAnswer> {
         let up = self.upstream_repo(repo);
+        // The warm path: one memory lookup, then the link check.
+        if let Some(bytes) = self.cache.memory_blob(d).await {
+            self.require_blob_link(&up, d).await?;
+            return Ok(BlobAnswer::Data(BlobData::Bytes(bytes)));
+        }
         let cached = self.cache.has_blob(d).await?;
         if cached {
             // Cached, but another repository (or upstream) may have put it there: serve it
             // here only when this repository holds it, which its upstream decides.
             self.require_blob_link(&up, d).await?;
         } else if head {
-            return Ok(BlobAnswer::Head(self.head_blob(&up, d).await?));
+            return Ok(BlobAnswer::Head(Box::pin(self.head_blob(&up, d)).await?));
         }
         let key = BlobKey::new(self.name(), &up, d);
         let (this, r, dd) = (self.clone(), up.clone(), d.clone());
@@ -50,9 +55,12 @@ impl OciUpstream {
                 Ok((len, body(resp, &dd)))
             }
         };
-        let streamed = self
-            .cache
-            .stream_blob(&key, range, self.limits.max_blob_bytes, fetch)
+        // Boxed, as every cold step: the warm path's future stays small.
+        let streamed =
+            Box::pin(
+                self.cache
+                    .stream_blob(&key, range, self.limits.max_blob_bytes, fetch),
+            )
             .await?;
         Ok(match streamed {
             Streamed::Data(data) => BlobAnswer::Data(data),
@@ -85,7 +93,7 @@ impl OciUpstream {
         if links.has(self.name(), repo, d).await {
             return Ok(());
         }
-        self.head_blob(repo, d).await?;
+        Box::pin(self.head_blob(repo, d)).await?;
         links.add(self.name(), repo, d).await;
         Ok(())
     }
