@@ -69,14 +69,22 @@ def median(xs):
 
 # ---------------------------------------------------------------- peers
 
-def nginx(root):
+# nginx's access log line, when on, is about as long as chartbridge's (timestamp, level, method,
+# path, status, request id, bytes, time, cache tier, upstream), and written the same way: one
+# write per request, unbuffered.
+NGINX_LOG_FORMAT = ("'$time_iso8601  INFO access: method=$request_method path=$uri status=$status "
+                    "request_id=$request_id bytes=$body_bytes_sent ms=$request_time cache=memory upstream=reg'")
+
+
+def nginx(root, log=False):
     port = free_port()
     d = tempfile.mkdtemp(dir=WORK)
+    access = f"log_format bench {NGINX_LOG_FORMAT}; access_log {d}/access.log bench;" if log else "access_log off;"
     conf = f"""daemon off; master_process off; worker_processes 1; pid {d}/pid; error_log {d}/error.log;
 events {{ worker_connections 1024; }}
-http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+http {{ {access} sendfile on; tcp_nopush on; keepalive_requests 100000;
   client_body_temp_path {d}/1; proxy_temp_path {d}/2; fastcgi_temp_path {d}/3; uwsgi_temp_path {d}/4; scgi_temp_path {d}/5;
-  types {{ application/octet-stream bin; application/x-yaml yaml; application/gzip tgz; }}
+  types {{ application/octet-stream bin; application/x-yaml yaml; application/gzip tgz; application/json json; }}
   server {{ listen 127.0.0.1:{port}; root {root}; }} }}
 """
     open(f"{d}/nginx.conf", "w").write(conf)
@@ -96,13 +104,14 @@ def registry(proxy_of=None):
     return p, port
 
 
-def chartbridge(upstreams, cache=None):
+def chartbridge(upstreams, cache=None, log=False):
+    """chartbridge on its own cache; `log`: its access log on (to a file, as in production)."""
     port = free_port()
     d = tempfile.mkdtemp(dir=WORK)
     cache = cache or f"{d}/cache"
     open(f"{d}/config.yaml", "w").write(
         f"listen: 127.0.0.1:{port}\ncache:\n  dir: {cache}\nupstreams:\n{upstreams}")
-    env = dict(os.environ, RUST_LOG="error")
+    env = dict(os.environ, RUST_LOG="error,access=info" if log else "error")
     p = start([BIN, "serve", "--config", f"{d}/config.yaml"], port, env=env, log=f"{d}/log")
     return p, port
 
@@ -197,6 +206,16 @@ def wrk_median(url, **kw):
     return {k: median([r[k] for r in runs]) for k in runs[0]}
 
 
+def wrk_rounds(urls, **kw):
+    """The median per URL of RUNS rounds, each round running every URL once in turn, so a
+    drift of the machine's speed during the run falls on all peers alike."""
+    runs = {k: [] for k in urls}
+    for _ in range(RUNS):
+        for k, u in urls.items():
+            runs[k].append(wrk(u, **kw))
+    return {k: {m: median([r[m] for r in rs]) for m in rs[0]} for k, rs in runs.items()}
+
+
 def timed(cmd, env=None):
     """(seconds, max RSS in KiB) of a command that must succeed. The RSS comes from GNU time,
     not from our own wait4: a child's ru_maxrss counts the address space it was forked with,
@@ -227,6 +246,7 @@ def main():
         open(os.path.join(data_dir, name.replace(" ", "") + ".bin"), "wb").write(b)
 
     web, web_port = nginx(data_dir)
+    web_log, web_log_port = nginx(data_dir, log=True)
     reg, reg_port = registry()
     prox, prox_port = registry(proxy_of=reg_port)
     digests = push_image(reg_port, "bench/blobs", "v1", list(blobs.values()))
@@ -234,66 +254,76 @@ def main():
     push_image(reg_port, "bench/multi", "v1.0.0", layers)
     for t in ["v1.1.0", "v1.2.0", "v2.0.0-rc.1"]:
         push_image(reg_port, "bench/multi", t, layers)
-    cb, cb_port = chartbridge(f"  - name: reg\n    kind: oci\n    url: http://127.0.0.1:{reg_port}\n    tag_ttl: 1h\n")
+    oci_upstream = f"  - name: reg\n    kind: oci\n    url: http://127.0.0.1:{reg_port}\n    tag_ttl: 1h\n"
+    cb, cb_port = chartbridge(oci_upstream)
+    row("section", "what", "chartbridge", "nginx", "distribution proxy", "distribution direct",
+        "vs nginx", "vs proxy")
 
     if want("blobs"):
-        # warm blobs
-        row("section", "what", "chartbridge", "nginx", "distribution proxy", "distribution direct",
-            "vs nginx", "vs proxy")
+        # warm blobs: access logs off on both sides, then on on both sides
+        cb_log, cb_log_port = chartbridge(oci_upstream, log=True)
         for (name, b), d in zip(blobs.items(), digests):
             urls = {
                 "cb": f"http://127.0.0.1:{cb_port}/v2/reg/bench/blobs/blobs/{d}",
                 "nginx": f"http://127.0.0.1:{web_port}/{name.replace(' ', '')}.bin",
+                "cb_log": f"http://127.0.0.1:{cb_log_port}/v2/reg/bench/blobs/blobs/{d}",
+                "nginx_log": f"http://127.0.0.1:{web_log_port}/{name.replace(' ', '')}.bin",
                 "proxy": f"http://127.0.0.1:{prox_port}/v2/bench/blobs/blobs/{d}",
                 "direct": f"http://127.0.0.1:{reg_port}/v2/bench/blobs/blobs/{d}",
             }
             for u in urls.values():
                 assert get(u) == b, u  # warm and check bytes
             conns = 8 if name == "20 MB" else 32
-            r = {k: wrk_median(u, conns=conns) for k, u in urls.items()}
+            r = wrk_rounds(urls, conns=conns)
             mb = len(b) / 1e6
-            row("warm blob GET", f"{name} req/s (p50 / p99 ms)",
-                *(f"{r[k]['rps']:.0f} ({r[k]['p50']:.2f} / {r[k]['p99']:.2f})" for k in ["cb", "nginx", "proxy", "direct"]),
+            fmt = lambda k: f"{r[k]['rps']:.0f} ({r[k]['p50']:.2f} / {r[k]['p99']:.2f})"
+            row("warm blob GET", f"{name} req/s (p50 / p99 ms), access logs off",
+                *(fmt(k) for k in ["cb", "nginx", "proxy", "direct"]),
                 f"{r['cb']['rps'] / r['nginx']['rps']:.2f}x", f"{r['cb']['rps'] / r['proxy']['rps']:.1f}x")
+            row("warm blob GET", f"{name} req/s (p50 / p99 ms), access logs on", fmt("cb_log"), fmt("nginx_log"),
+                "", "", f"{r['cb_log']['rps'] / r['nginx_log']['rps']:.2f}x", "")
             if name == "20 MB":
-                row("warm blob GET", "20 MB MB/s", *(f"{r[k]['rps'] * mb:.0f}" for k in ["cb", "nginx", "proxy", "direct"]), "", "")
+                row("warm blob GET", "20 MB MB/s, access logs off (on)",
+                    *(f"{r[k]['rps'] * mb:.0f} ({r[k + '_log']['rps'] * mb:.0f})" for k in ["cb", "nginx"]),
+                    *(f"{r[k]['rps'] * mb:.0f}" for k in ["proxy", "direct"]),
+                    f"{r['cb']['rps'] / r['nginx']['rps']:.2f}x ({r['cb_log']['rps'] / r['nginx_log']['rps']:.2f}x)", "")
+        stop(cb_log)
 
     if want("api"):
-        # warm manifest and tags/list
+        # warm manifest by tag and tags/list, each against nginx serving the same bytes as a
+        # static file (the ceiling for an answer already in memory)
         accept = "Accept: application/vnd.oci.image.manifest.v1+json"
-        m_urls = {
-            "cb": f"http://127.0.0.1:{cb_port}/v2/reg/bench/multi/manifests/v1.0.0",
-            "proxy": f"http://127.0.0.1:{prox_port}/v2/bench/multi/manifests/v1.0.0",
-            "direct": f"http://127.0.0.1:{reg_port}/v2/bench/multi/manifests/v1.0.0",
-        }
-        for u in m_urls.values():
-            get(u, {"Accept": accept.split(": ")[1]})
-        r = {k: wrk_median(u, headers=[accept]) for k, u in m_urls.items()}
-        row("warm manifest GET", "by tag, req/s (p99 ms)", f"{r['cb']['rps']:.0f} ({r['cb']['p99']:.2f})", "-",
-            f"{r['proxy']['rps']:.0f}", f"{r['direct']['rps']:.0f}", "", f"{r['cb']['rps'] / r['proxy']['rps']:.1f}x")
-        t_urls = {
-            "cb": f"http://127.0.0.1:{cb_port}/v2/reg/bench/multi/tags/list",
-            "proxy": f"http://127.0.0.1:{prox_port}/v2/bench/multi/tags/list",
-            "direct": f"http://127.0.0.1:{reg_port}/v2/bench/multi/tags/list",
-        }
-        for u in t_urls.values():
-            get(u)
-        r = {k: wrk_median(u) for k, u in t_urls.items()}
-        row("warm tags/list", "req/s (p99 ms)", f"{r['cb']['rps']:.0f} ({r['cb']['p99']:.2f})", "-",
-            f"{r['proxy']['rps']:.0f}", f"{r['direct']['rps']:.0f}", "", f"{r['cb']['rps'] / r['proxy']['rps']:.1f}x")
-        # a helm upstream's synthesised manifest by tag, next to its tags/list
         chart_repo, helm_env = demo_chart()
         subprocess.run([HELM, "repo", "index", chart_repo], check=True, capture_output=True, env=helm_env)
         site, site_port = nginx(chart_repo)
         cbh, cbh_port = chartbridge(f"  - name: h\n    kind: helm\n    url: http://127.0.0.1:{site_port}\n    index_ttl: 1h\n")
-        hm = f"http://127.0.0.1:{cbh_port}/v2/h/demo/manifests/0.1.0"
-        ht = f"http://127.0.0.1:{cbh_port}/v2/h/demo/tags/list"
-        get(hm)
-        get(ht)
-        rm, rt = wrk_median(hm), wrk_median(ht)
-        row("warm helm manifest GET", "by tag, req/s (p99 ms), and vs the same upstream's tags/list",
-            f"{rm['rps']:.0f} ({rm['p99']:.2f})", "-", "-", "-", "",
-            f"{rm['rps'] / rt['rps']:.2f}x tags/list ({rt['rps']:.0f} req/s)")
+        cases = [
+            ("warm manifest GET", "OCI upstream, by tag", f"{cb_port}/v2/reg/bench/multi/manifests/v1.0.0",
+             "bench/multi/manifests/v1.0.0", [accept]),
+            ("warm tags/list", "OCI upstream", f"{cb_port}/v2/reg/bench/multi/tags/list",
+             "bench/multi/tags/list", []),
+            ("warm manifest GET", "helm upstream, by tag", f"{cbh_port}/v2/h/demo/manifests/0.1.0", None, [accept]),
+            ("warm tags/list", "helm upstream", f"{cbh_port}/v2/h/demo/tags/list", None, []),
+        ]
+        static = os.path.join(WORK, "static")
+        os.makedirs(static)
+        for i, (_, _, path, _, headers) in enumerate(cases):
+            body = get(f"http://127.0.0.1:{path}", dict(h.split(": ", 1) for h in headers))
+            open(os.path.join(static, f"{i}.json"), "wb").write(body)
+        st, st_port = nginx(static)
+        for i, (section, what, path, reg_path, headers) in enumerate(cases):
+            urls = {"cb": f"http://127.0.0.1:{path}", "nginx": f"http://127.0.0.1:{st_port}/{i}.json"}
+            if reg_path:
+                urls["proxy"] = f"http://127.0.0.1:{prox_port}/v2/{reg_path}"
+                urls["direct"] = f"http://127.0.0.1:{reg_port}/v2/{reg_path}"
+            for u in urls.values():
+                get(u, dict(h.split(": ", 1) for h in headers))
+            r = wrk_rounds(urls, headers=headers)
+            fmt = lambda k: f"{r[k]['rps']:.0f} ({r[k]['p50']:.2f} / {r[k]['p99']:.2f})" if k in r else "-"
+            row(section, f"{what}, req/s (p50 / p99 ms)", *(fmt(k) for k in ["cb", "nginx", "proxy", "direct"]),
+                f"{r['cb']['rps'] / r['nginx']['rps']:.2f}x static",
+                f"{r['cb']['rps'] / r['proxy']['rps']:.1f}x" if "proxy" in r else "")
+        stop(st)
         stop(cbh)
         stop(site)
         stop(cb)
@@ -437,8 +467,11 @@ def write_results(rows, took):
            f"Produced by `benches/load.sh` (RUNS={RUNS}, wrk -t1 for {DURATION} per run, 32 connections, "
            "8 for the 20 MB blob), every figure the median of the runs, all peers measured in the same run.",
            f"Machine: {platform.machine()}, {os.cpu_count()} cores ({cpu}), {mem} GiB; servers pinned to core "
-           f"{SERVER_CPU}, wrk to core {LOAD_CPU}; everything on 127.0.0.1. Run took {took:.0f} s.",
-           "Peers: nginx serving the same bytes from disk (sendfile), CNCF distribution 2.8 (Debian "
+           f"{SERVER_CPU}, wrk to core {LOAD_CPU}; everything on 127.0.0.1. Run took {took:.0f} s. wrk runs "
+           "of peers are interleaved round by round. Access logs, where on, go to a file, one write per "
+           "request on both sides.",
+           "Peers: nginx serving the same bytes from disk (sendfile; for manifests and tag lists, the bytes "
+           "chartbridge answers, saved as static files), CNCF distribution 2.8 (Debian "
            "`docker-registry`) direct and as a pull-through proxy of the direct one; chartbridge mirrors "
            "the direct one (kind: oci) or nginx (kind: helm).", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
