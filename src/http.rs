@@ -121,7 +121,10 @@ pub enum Caching {
 }
 
 /// A year: what "immutable" content carries as `max-age`.
+#[cfg(test)]
 const IMMUTABLE_SECS: u64 = 31_536_000;
+const IMMUTABLE_PUBLIC: &str = "public, max-age=31536000, immutable";
+const IMMUTABLE_PRIVATE: &str = "private, max-age=31536000, immutable";
 
 #[derive(Debug)]
 pub struct Response {
@@ -233,15 +236,16 @@ impl Response {
 pub fn finish(mut resp: Response, req: &Request) -> Response {
     if matches!(resp.status, 200 | 206) {
         let scope = if resp.private { "private" } else { "public" };
-        let value = match (resp.caching, resp.stale) {
-            (Caching::Unsaid, _) if resp.private => Some("private".to_string()),
+        let value: Option<Cow<'static, str>> = match (resp.caching, resp.stale) {
+            (Caching::Unsaid, _) if resp.private => Some("private".into()),
             (Caching::Unsaid, _) => None,
-            (_, true) => Some(format!("{scope}, max-age=0")),
-            (Caching::Immutable, _) => {
-                Some(format!("{scope}, max-age={IMMUTABLE_SECS}, immutable"))
-            }
-            (Caching::For(d), _) => Some(format!("{scope}, max-age={}", d.as_secs())),
-            (Caching::Revalidate, _) => Some(format!("{scope}, no-cache")),
+            (_, true) => Some(format!("{scope}, max-age=0").into()),
+            // the constant answers are constants: no formatting on the warm path
+            (Caching::Immutable, _) if resp.private => Some(IMMUTABLE_PRIVATE.into()),
+            (Caching::Immutable, _) => Some(IMMUTABLE_PUBLIC.into()),
+            (Caching::For(d), _) => Some(format!("{scope}, max-age={}", d.as_secs()).into()),
+            (Caching::Revalidate, _) if resp.private => Some("private, no-cache".into()),
+            (Caching::Revalidate, _) => Some("public, no-cache".into()),
         };
         if let Some(v) = value {
             resp.set_header("Cache-Control", v);
@@ -341,10 +345,10 @@ pub fn data_response(
 ) -> Response {
     let len = data.len();
     let mut resp = Response::new(200).header("Accept-Ranges", "bytes");
-    let etag = digest.map(|d| format!("\"{d}\""));
+    let etag = digest.map(Digest::etag);
     if let (Some(d), Some(e)) = (digest, &etag) {
         resp = resp
-            .header("Docker-Content-Digest", d.to_string())
+            .header("Docker-Content-Digest", d.text())
             .header("ETag", e.clone());
     }
     let (start, end) = match req.range_for(etag.as_deref()) {
@@ -383,6 +387,18 @@ pub fn data_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_constant_cache_controls_say_a_year() {
+        assert_eq!(
+            IMMUTABLE_PUBLIC,
+            format!("public, max-age={IMMUTABLE_SECS}, immutable")
+        );
+        assert_eq!(
+            IMMUTABLE_PRIVATE,
+            format!("private, max-age={IMMUTABLE_SECS}, immutable")
+        );
+    }
 
     fn range(h: &str, len: u64) -> Option<Option<(u64, u64)>> {
         parse_range_header(h).map(|r| r.resolve(len))

@@ -54,6 +54,25 @@ impl Digest {
         }
     }
 
+    /// `sha256:<hex>`, as `to_string` gives it, built without the formatting machinery (it is
+    /// written on every blob and manifest answer).
+    pub fn text(&self) -> String {
+        let mut s = String::with_capacity(71);
+        s.push_str("sha256:");
+        s.push_str(self.hex());
+        s
+    }
+
+    /// The strong ETag of content with this digest: `"sha256:<hex>"`.
+    pub fn etag(&self) -> String {
+        let mut s = String::with_capacity(73);
+        s.push('"');
+        s.push_str("sha256:");
+        s.push_str(self.hex());
+        s.push('"');
+        s
+    }
+
     pub fn hex(&self) -> &str {
         // Only ever built from ASCII hex digits.
         std::str::from_utf8(&self.hex).unwrap_or_default()
@@ -311,6 +330,8 @@ mod tests {
     fn digest_parsing() {
         let d: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
         assert_eq!(d.hex(), "a".repeat(64));
+        assert_eq!(d.text(), d.to_string());
+        assert_eq!(d.etag(), format!("\"{d}\""));
         for bad in [
             "sha256:totallywrong",
             "sha256:",

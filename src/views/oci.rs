@@ -192,8 +192,8 @@ pub async fn manifest(
     };
     let (stale, m) = (m.stale, m.value);
     Ok(Response::new(200)
-        .header("Docker-Content-Digest", m.digest.to_string())
-        .header("ETag", format!("\"{}\"", m.digest))
+        .header("Docker-Content-Digest", m.digest.text())
+        .header("ETag", m.digest.etag())
         .with_body(m.media_type, m.bytes, req.is_head())
         .caching(caching)
         .stale(stale))
@@ -214,7 +214,7 @@ async fn blob_of(src: &Source, repo: &RepoName, d: &Digest, req: &Request) -> Re
             Ok(blob_response(req, BLOB, bytes, Some(d)))
         }
         Source::Oci(up) => {
-            let etag = format!("\"{d}\"");
+            let etag = d.etag();
             let range = req.range_for(Some(&etag));
             let answer = up.blob(repo, d, req.is_head(), range).await?;
             let cold = |status| {
