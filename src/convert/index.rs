@@ -95,6 +95,8 @@ pub fn parse_index(bytes: &[u8], limits: IndexLimits) -> Result<IndexFile> {
     budget.max_reader_input_bytes = Some(limits.max_bytes);
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
+    // Comments are still validated as YAML, but their text is not kept: nothing reads it.
+    options.emit_comments = false;
     let idx: IndexFile = serde_saphyr::from_slice_with_options(bytes, options)
         .map_err(|e| Error::upstream_invalid(format!("index is not a valid Helm index: {e}")))?;
     check(idx)
