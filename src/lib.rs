@@ -10,14 +10,18 @@
 //!   (whole, from a file, or streamed from a channel). Listeners, write buffer, connection
 //!   limits (open connections, request-head deadline, keep-alive, pipelining, open-file
 //!   limit), SIGTERM grace, SIGHUP reload (configuration and TLS pair together). Plain and TLS
-//!   listeners (ALPN h2/http1.1) share one service.
+//!   listeners (ALPN h2/http1.1) share one service. Response heads are built from `http`
+//!   parts with constant names and uncopied values (`response_head`).
 //! - `tls`: the listener's certificate pair and optional client CA, read from PEM files and
 //!   checked when the configuration loads; `Certificates` hands the current pair to each
 //!   handshake, so a reload swaps it without touching open connections.
 //! - `app`: builds the cache and the upstreams from the `Config` (the upstreams again, swapped
 //!   in whole, on reload); turns a request into a typed `route::Route` (parsed once, at the
 //!   edge), picks the upstream (`?ns=`, path prefix, `default_upstream`), checks `access`,
-//!   dispatches to a view; access log, request metrics, `Warning` on stale answers.
+//!   dispatches to a view; access log, request metrics, `Warning` on stale answers. Every cold
+//!   step below (fetches, flights, index builds) is boxed where it is awaited, so the warm
+//!   path's futures stay a few KB (`app::future_sizes` checks it): a request's future is
+//!   copied at each level it passes.
 //! - `route`: method + path + query -> `Route`. Handlers never split strings.
 //! - `access`: downstream access control per upstream (htpasswd bcrypt on the blocking pool,
 //!   bearer tokens), and the `Throttle` that bounds bcrypt and backs off failing addresses.

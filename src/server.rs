@@ -285,7 +285,7 @@ fn raise_open_files() -> u64 {
 
 /// The response head as pingora writes it, built from `http` parts: names from constants (no
 /// parsing), values without copying, and no case map (names go out in their canonical case).
-fn response_head(
+pub fn response_head(
     status: u16,
     headers: Vec<(&'static str, std::borrow::Cow<'static, str>)>,
 ) -> pingora::Result<ResponseHeader> {

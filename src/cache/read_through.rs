@@ -641,7 +641,7 @@ impl Cache {
 
 /// The name under which a manifest's media type is kept.
 fn media_type_name(d: &Digest) -> RefName {
-    RefName::new(["mediatype", &d.to_string()])
+    RefName::new(["mediatype".to_string(), d.text()])
 }
 
 /// Whether a failure is remembered for `negative_ttl`: upstream failures (but not an offline

@@ -64,6 +64,26 @@ fn next_link(path: &str, n: Option<usize>, page: &[String], ns: Option<&str>) ->
     Some(format!("<{path}?{}>; rel=\"next\"", q.finish()))
 }
 
+/// A tags/list answer, serialised straight from the borrowed list (no JSON tree built per
+/// request); keys in the order `serde_json::json!` gave them.
+#[derive(serde::Serialize)]
+struct TagList<'a> {
+    name: &'a str,
+    tags: &'a [String],
+}
+
+/// A `_catalog` answer.
+#[derive(serde::Serialize)]
+struct Repositories<'a> {
+    repositories: &'a [String],
+}
+
+fn json_body(v: &impl serde::Serialize) -> Result<Bytes> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| Error::internal(format!("cannot serialise an answer: {e}")))
+}
+
 /// `GET /v2/<name>/tags/list?n=&last=`: lexically sorted, paginated with a `Link` header.
 /// `name` is the repository as the client named it; `repo` is the part below the upstream.
 pub async fn tags(
@@ -84,7 +104,10 @@ pub async fn tags(
         Source::Oci(o) => o.tags(repo).await?.map(std::sync::Arc::new),
     };
     let (list, more) = page(&all.value, n, last);
-    let body = serde_json::json!({"name": name.as_str(), "tags": list});
+    let body = json_body(&TagList {
+        name: name.as_str(),
+        tags: list,
+    })?;
     let mut resp = Response::new(200);
     if more {
         if let Some(link) = next_link(&format!("/v2/{name}/tags/list"), n, list, ns) {
@@ -92,11 +115,7 @@ pub async fn tags(
         }
     }
     Ok(resp
-        .with_body(
-            "application/json",
-            Bytes::from(body.to_string()),
-            req.is_head(),
-        )
+        .with_body("application/json", body, req.is_head())
         .fresh_for(all.fresh_for)
         .stale(all.stale))
 }
@@ -142,7 +161,7 @@ pub async fn catalog(
     all.sort();
     all.dedup();
     let (list, more) = page(&all, n, last);
-    let body = serde_json::json!({ "repositories": list });
+    let body = json_body(&Repositories { repositories: list })?;
     let mut resp = Response::new(200);
     if more {
         if let Some(link) = next_link("/v2/_catalog", n, list, None) {
@@ -150,11 +169,7 @@ pub async fn catalog(
         }
     }
     Ok(resp
-        .with_body(
-            "application/json",
-            Bytes::from(body.to_string()),
-            req.is_head(),
-        )
+        .with_body("application/json", body, req.is_head())
         .fresh_for(from.fresh_for)
         .stale(from.stale))
 }
