@@ -108,11 +108,7 @@ def main():
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     mrss = {k: statistics.median(v) // 1024 for k, v in rss.items()}
-    cpu = "unknown CPU"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = load.cpu_model()
     out = [
         "# Air gap: warm, export, import (benches/airgap.py)", "",
         f"{cpu}, {os.cpu_count()} cores, {platform.machine()}; median of {RUNS} runs. Corpus: "

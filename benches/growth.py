@@ -192,20 +192,14 @@ def concurrent_cold_pulls():
 
 
 def write(rows, took):
-    cpu = ""
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = load.cpu_model()
     out = ["# How cost grows with the work", "",
            f"Produced by `benches/growth.py` (RUNS={RUNS}, median of fresh processes); {platform.machine()}, "
            f"{os.cpu_count()} cores ({cpu}). Run took {took:.0f} s. Absolute figures: each row has no "
            "peer; the shape column compares the first row with the last.", "",
            "| work | time | memory |", "|---|---|---|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
-    path = os.path.join(ROOT, "benches", "RESULTS-growth.md")
-    open(path, "w").write("\n".join(out) + "\n")
-    print(f"wrote {path}")
+    load.save("RESULTS-growth.md", out)
 
 
 if __name__ == "__main__":

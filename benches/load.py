@@ -455,12 +455,23 @@ def main():
     return rows
 
 
-def write_results(rows, took):
-    cpu = ""
+def cpu_model():
+    """The CPU's model name, as every RESULTS file names the machine it ran on."""
     for line in open("/proc/cpuinfo"):
         if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def save(name, lines):
+    """Writes benches/<name> from its lines."""
+    path = os.path.join(ROOT, "benches", name)
+    open(path, "w").write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def write_results(rows, took):
+    cpu = cpu_model()
     mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
     header, body = rows[0], rows[1:]
     out = ["# Benchmark results", "",
@@ -477,9 +488,7 @@ def write_results(rows, took):
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in body:
         out.append("| " + " | ".join(str(c) for c in r) + " |")
-    path = os.path.join(ROOT, "benches", "RESULTS.md")
-    open(path, "w").write("\n".join(out) + "\n")
-    print(f"wrote {path}")
+    save("RESULTS.md", out)
 
 
 if __name__ == "__main__":

@@ -104,11 +104,7 @@ def main():
 
 
 def write(rows, cost, took):
-    cpu = ""
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = load.cpu_model()
     out = ["# Catalog page on the 15,000-version index", "",
            f"Produced by `benches/page.py` (RUNS={RUNS}); {platform.machine()}, {os.cpu_count()} cores "
            f"({cpu}); chartbridge pinned to core {load.SERVER_CPU}, clients to core {load.LOAD_CPU}. "
@@ -123,9 +119,7 @@ def write(rows, cost, took):
                 "| request | without the page, req/s (range) | with it, req/s (range) | ratio of medians |",
                 "|---|---|---|---|"]
         out += ["| " + " | ".join(r) + " |" for r in cost]
-    path = os.path.join(ROOT, "benches", "RESULTS-page.md")
-    open(path, "w").write("\n".join(out) + "\n")
-    print(f"wrote {path}")
+    load.save("RESULTS-page.md", out)
 
 
 if __name__ == "__main__":

@@ -87,11 +87,7 @@ def main():
         for p in (disk, b, s3p):
             load.stop(p)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    cpu = "unknown CPU"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = load.cpu_model()
     out = [
         "# Shared store: a replica on a bucket against one on its own disk (benches/shared_store.py)", "",
         f"{cpu}, {os.cpu_count()} cores, {platform.machine()}; median of {load.RUNS} runs; s3s-fs (plain "
