@@ -69,7 +69,8 @@
 //!   it into a registry with its own push client (`publish::target`: HEAD, mount, upload,
 //!   manifests by digest, then tags; Basic and token auth, CA file, plain HTTP).
 //! - `progress`: the terminal bars and plain lines of `warm` and `sync`.
-//! - `config`: YAML config in two stages (`RawConfig` -> validated `Config`), embedded default.
+//! - `config`: YAML config in two stages (`raw`, the file as written -> validated `Config`),
+//!   embedded default.
 //! - `policy`: how an upstream is reached (timeouts, retries, offline, SSRF allowances,
 //!   credentials): data shared by `config` and `upstream`, which do not import each other.
 //! - `ids`: typed identifiers (`Digest`, `RepoName`, `Tag`, `UpstreamName`, `Reference`,

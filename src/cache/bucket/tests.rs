@@ -1,4 +1,5 @@
 use super::*;
+use crate::cache::{BlobData, BlobStore, DiskStore};
 
 /// A real S3 server (s3s-fs, installed by scripts/test-deps.sh) on a free port, killed
 /// when dropped, with the bucket `chartbridge` created.
