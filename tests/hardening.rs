@@ -613,3 +613,113 @@ fn parsed_indexes_stay_within_the_index_memory_budget() {
     let body = r.text().unwrap();
     assert!(body.contains("cache.max_index_memory_bytes"), "{body}");
 }
+
+/// On a plain connection chartbridge writes responses itself (head and body in one send,
+/// disk-tier blobs with `sendfile`, waiting on the reactor when the socket is full). A reader
+/// that pipelines a range, a HEAD and a whole GET of a 3 MiB disk-tier blob and only starts
+/// reading once the server's socket is full gets every byte, in order, framed as HTTP/1.1.
+#[test]
+fn direct_writes_reach_a_slow_pipelining_reader_whole() {
+    let reg = registry();
+    let layouts = tempfile::tempdir().unwrap();
+    let l = layouts.path().join("l");
+    make_image_layout(&l, "v1", 3 << 20, 7);
+    push_layout(&l, "v1", &reg, "big/image");
+    // the biggest blob of the layout is a layer
+    let (hex, layer) = std::fs::read_dir(l.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    // a 1 MiB memory tier keeps blobs over 64 KiB on disk only: they are served from a file
+    let ups = oci_upstream("reg", &reg.url(), "");
+    let bridge = chartbridge_with(&ups, "  max_memory_bytes: 1MiB\n", None);
+    let path = format!("/v2/reg/big/image/blobs/sha256:{hex}");
+    let cold = get(&format!("{}{path}", bridge.url())).bytes().unwrap();
+    assert!(cold[..] == layer[..], "the cold pull fills the cache");
+    let disk_hits = || {
+        let m = get(&format!("{}/metrics", bridge.url())).text().unwrap();
+        let labels = ["tier=\"disk\"", "outcome=\"hit\""];
+        metric(&m, "chartbridge_cache_lookups_total", &labels)
+    };
+    let hits_before = disk_hits();
+
+    let mut s = TcpStream::connect(("127.0.0.1", bridge.port)).unwrap();
+    let ask = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=1000-2000999\r\n\r\n\
+         HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(ask.as_bytes()).unwrap();
+    // the server fills the socket and has to wait for the reader
+    std::thread::sleep(Duration::from_millis(500));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    // one response off the front: its head (lower-cased) and `body_len` bytes of body
+    let take = |rest: &mut &[u8], body: bool| -> (String, Vec<u8>) {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        let head = String::from_utf8(rest[..end].to_vec())
+            .unwrap()
+            .to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("content-length")
+            .trim()
+            .parse()
+            .unwrap();
+        let n = if body { len } else { 0 };
+        let b = rest[end..end + n].to_vec();
+        *rest = &rest[end + n..];
+        (head, b)
+    };
+    let mut rest = &out[..];
+    let (h, b) = take(&mut rest, true);
+    assert!(h.starts_with("http/1.1 206 partial content\r\n"), "{h}");
+    let total = layer.len();
+    assert!(
+        h.contains(&format!("content-range: bytes 1000-2000999/{total}\r\n")),
+        "{h}"
+    );
+    assert!(
+        h.contains("connection: keep-alive\r\n") && h.contains("\r\ndate: "),
+        "{h}"
+    );
+    assert!(b[..] == layer[1000..2_001_000], "the range's bytes");
+    let (h, b) = take(&mut rest, false);
+    assert!(h.starts_with("http/1.1 200 ok\r\n"), "{h}");
+    assert!(
+        h.contains(&format!("content-length: {total}\r\n")) && b.is_empty(),
+        "{h}"
+    );
+    let (h, b) = take(&mut rest, true);
+    assert!(
+        h.starts_with("http/1.1 200 ok\r\n") && h.contains("connection: close\r\n"),
+        "{h}"
+    );
+    assert!(b[..] == layer[..], "the whole blob");
+    assert!(
+        rest.is_empty(),
+        "nothing after the last answer, then the close"
+    );
+    assert!(
+        disk_hits() >= hits_before + 3.0,
+        "all three came from the disk tier"
+    );
+}

@@ -2,6 +2,7 @@
 //! `HttpServerApp` reads a request, hands method, path, query and the few headers the views use
 //! to `App::handle`, and writes the response back.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::listening::Service;
+
+mod h1;
 
 use crate::app::App;
 use bytes::Bytes;
@@ -330,6 +333,11 @@ fn header_name(name: &'static str) -> pingora::Result<http::HeaderName> {
 }
 
 async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<()> {
+    if let Some(conn) = h1::plain(session) {
+        if !matches!(resp.body, Body::Stream(_)) {
+            return write_direct(conn, resp).await;
+        }
+    }
     let declared = resp.content_length();
     let mut resp = resp;
     let head = response_head(resp.status, std::mem::take(&mut resp.headers))?;
@@ -378,6 +386,24 @@ async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<(
         }
     }
     session.finish_body().await
+}
+
+/// A whole response on a plain HTTP/1 connection, written on its descriptor (see `h1`).
+async fn write_direct(conn: h1::Plain, resp: Response) -> pingora::Result<()> {
+    let mut head = Vec::with_capacity(256);
+    h1::head(resp.status, &resp.headers, conn.keepalive, &mut head).map_err(abort)?;
+    let mut socket = h1::Socket::new(conn.fd);
+    let sent = match &resp.body {
+        Body::Full(b) => socket.send_all(&[&head, b], false).await,
+        Body::File { file, offset, len } => match socket.send_all(&[&head], *len > 0).await {
+            Ok(()) => socket.send_file(file.as_raw_fd(), *offset, *len).await,
+            e => e,
+        },
+        Body::Stream(_) => Err(std::io::Error::other(
+            "a streamed body takes pingora's path",
+        )),
+    };
+    sent.map_err(|e| abort(format!("write: {e}")))
 }
 
 /// Per-connection write buffer: header plus body up to this size go out in one send.
