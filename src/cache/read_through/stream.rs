@@ -295,13 +295,11 @@ async fn copy_verified(
             &tx,
         );
     }
-    // Verified bytes may go to the client before the durable commit (fsync, rename).
+    // Verified bytes go to the client before the link and the durable commit (each an
+    // fsync): the client's last byte does not wait on the disk.
     if let Err(e) = writer.verify() {
         return fail(e, &tx);
     }
-    // The upstream served it for this repository: it may be named there from now on
-    // (linked before the commit, so whoever finds the bytes finds the link).
-    links.add_durable(&key.upstream, &key.repo, d).await;
     if let Some(t) = tee {
         if let Some(last) = &held {
             t.release(last.clone());
@@ -313,6 +311,9 @@ async fn copy_verified(
         let _ = tx.send(Ok(last)).await;
     }
     drop(tx);
+    // The upstream served it for this repository: it may be named there from now on
+    // (linked before the commit, so whoever finds the bytes in the store finds the link).
+    links.add_durable(&key.upstream, &key.repo, d).await;
     if let Err(e) = writer.commit().await {
         // The client got verified bytes; only the cache missed out (e.g. a full disk).
         tracing::warn!(digest = %d, error = %e, "blob served but not cached");
