@@ -101,6 +101,11 @@ impl Links {
         true
     }
 
+    /// Records in memory only that `upstream`/`repo` holds `d` (`add_durable` writes it).
+    pub fn remember(&self, upstream: &str, repo: &str, d: &Digest) {
+        self.known.insert(key(upstream, repo, d), ());
+    }
+
     /// Records that `upstream`/`repo` holds `d` and waits until the ref is written: a fetch
     /// links before it stores, so whoever finds the bytes (another replica on a shared
     /// store, which requires the link) finds the link too.

@@ -233,6 +233,12 @@ impl BlobCache {
         self.disk.begin(d).await
     }
 
+    /// Keeps bytes already checked against `d` in the memory tier (if they fit), for the
+    /// moments before `put` stores them.
+    pub async fn hold(&self, d: &Digest, bytes: Bytes) {
+        self.memory.insert_verified(d.clone(), bytes).await;
+    }
+
     /// Stores a blob after checking its digest. Wrong bytes are an error; a disk that refuses
     /// the write (full, read-only, gone) is not: the verified bytes are kept in memory and the
     /// caller serves them, uncached on disk, as a streamed blob would be.

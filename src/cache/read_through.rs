@@ -447,11 +447,22 @@ impl Cache {
                 if actual != k.digest {
                     return Err(digest_mismatch(&k.digest, &actual));
                 }
-                // linked first: see `manifest`
-                this.links
-                    .add_durable(&k.upstream, &k.repo, &k.digest)
-                    .await;
-                this.blobs.put(&k.digest, bytes.clone()).await?;
+                // Served from memory from now on; made durable off the answer's path, where
+                // its fsyncs cost a cold pull more than the fetch did. The link goes first (a
+                // request finding the bytes in the store must find the link), and another
+                // replica waiting on the claim goes on only once both are stored.
+                this.links.remember(&k.upstream, &k.repo, &k.digest);
+                this.blobs.hold(&k.digest, bytes.clone()).await;
+                let (bg, kk, b) = (this.clone(), k.clone(), bytes.clone());
+                this.background.spawn(async move {
+                    let _claim = _claim;
+                    bg.links
+                        .add_durable(&kk.upstream, &kk.repo, &kk.digest)
+                        .await;
+                    if let Err(e) = bg.blobs.put(&kk.digest, b).await {
+                        tracing::warn!(digest = %kk.digest, error = %e, "blob not cached");
+                    }
+                });
                 Ok(bytes)
             })
             .await;
@@ -492,16 +503,32 @@ impl Cache {
         Ok(Some((bytes, mt)))
     }
 
-    /// Stores a manifest fetched and verified elsewhere (a GET by tag), with its media type.
+    /// Stores a manifest fetched and verified elsewhere (a GET by tag), with its media type:
+    /// in memory now, on disk off the answer's path (a failed write costs a refetch).
     pub async fn put_manifest(
         self: &Arc<Self>,
         d: &Digest,
         bytes: Bytes,
         media_type: &str,
     ) -> Result<()> {
-        self.blobs.put(d, bytes).await?;
+        let actual = Digest::of(&bytes);
+        if &actual != d {
+            return Err(digest_mismatch(d, &actual));
+        }
+        self.blobs.hold(d, bytes.clone()).await;
+        self.note_media_type(d, media_type).await;
+        let (this, d) = (self.clone(), d.clone());
+        self.background.spawn(async move {
+            if let Err(e) = this.blobs.put(&d, bytes).await {
+                tracing::warn!(digest = %d, error = %e, "manifest not cached");
+            }
+        });
+        Ok(())
+    }
+
+    /// A manifest's media type: in memory now, its ref written off the answer's path.
+    async fn note_media_type(self: &Arc<Self>, d: &Digest, media_type: &str) {
         let (this, d, mt) = (self.clone(), d.clone(), media_type.to_string());
-        // The media type ref is written off the answer's path; the value is in memory now.
         this.values
             .insert(media_type_name(&d), Stamped::new(Bytes::from(mt.clone())))
             .await;
@@ -510,7 +537,6 @@ impl Cache {
                 tracing::warn!(digest = %d, error = %e, "media type not persisted");
             }
         });
-        Ok(())
     }
 
     /// A manifest by digest: from the stores, else fetched once (bytes and media type) for
@@ -542,14 +568,12 @@ impl Cache {
                         "manifest {d} from upstream hashes to {actual}: refused"
                     )));
                 }
-                // Linked before it is stored: a request arriving between the two must find
-                // the repository's link with the bytes, or it asks the upstream again. A link
-                // without bytes only means a fetch.
-                this.links.add_durable(&k.upstream, &k.repo, d).await;
+                // The repository's link and the bytes are stored by `fetch_blob_once` (link
+                // first); the references and the media type here.
                 this.links
                     .add_manifest(&k.upstream, &k.repo, d, &bytes)
                     .await;
-                this.put_manifest(d, bytes.clone(), &mt).await?;
+                this.note_media_type(d, &mt).await;
                 Ok(bytes)
             }),
         )
