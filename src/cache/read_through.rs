@@ -7,10 +7,12 @@
 //!   briefly (negative cache), and while the upstream fails the last known value is served,
 //!   marked stale (`Served::stale`), without asking again for `refresh_backoff`;
 //! - whole blobs by digest (`blob_bytes`, `manifest`): memory, then the store, else fetched
-//!   once, verified against the digest, stored, and linked to the repository that fetched it;
+//!   once, verified against the digest, and answered from memory at once while a background
+//!   task links it to the repository that fetched it and then stores it (`flush` waits);
 //! - streamed blobs (`stream_blob`): a cold fetch streams to its first client while it is
 //!   verified and written; concurrent requests (whole or a `Range`) read the same fetch
-//!   through its `Tee`; the last chunk waits for the digest check;
+//!   through its `Tee`; the last chunk waits for the digest check, not for the link and the
+//!   durable commit that follow it;
 //! - derived values (`derived`): objects built from cached bytes (a parsed index, an index
 //!   view), kept in memory within a byte budget, least recently used first out, rebuilt when
 //!   asked for again.
