@@ -233,6 +233,46 @@ async fn a_blob_is_fetched_once_verified_stored_and_linked() {
     assert!(again.is_ok(), "whole blobs are asked for again at once");
 }
 
+/// A fetched whole blob and manifest are answered from memory at once and made durable behind
+/// the answer: after `flush` the store holds both, with the link and the media type, so a new
+/// process on the same directory serves them without fetching.
+#[tokio::test]
+async fn whole_blobs_and_manifests_are_stored_behind_the_answer_and_flush_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path()).await;
+    let blob = Bytes::from_static(b"chart bytes");
+    let key = BlobKey::new("up", "demo", &Digest::of(&blob));
+    let got = c.blob_bytes(&key, {
+        let blob = blob.clone();
+        move || async move { Ok(blob) }
+    });
+    assert_eq!(got.await.unwrap(), blob);
+    let manifest = Bytes::from_static(br#"{"schemaVersion":2,"layers":[]}"#);
+    let mkey = BlobKey::new("up", "demo", &Digest::of(&manifest));
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    let m = c.manifest(&mkey, {
+        let manifest = manifest.clone();
+        move || async move { Ok((manifest, mt.to_string())) }
+    });
+    assert_eq!(m.await.unwrap(), (manifest.clone(), mt.to_string()));
+    // from memory at once: asked again, nothing is fetched
+    let again = c.blob_bytes(&key, || async { Err(Error::upstream_unavailable("down")) });
+    assert_eq!(again.await.unwrap(), blob);
+    c.flush().await;
+    assert!(c.has_blob(&key.digest).await.unwrap());
+    assert!(c.has_blob(&mkey.digest).await.unwrap());
+    // a new process on the same directory: links, bytes and media type all there
+    let later = cache(dir.path()).await;
+    assert!(later.links().has("up", "demo", &key.digest).await);
+    assert!(later.links().has("up", "demo", &mkey.digest).await);
+    let down = || async { Err(Error::upstream_unavailable("down")) };
+    assert_eq!(later.blob_bytes(&key, down).await.unwrap(), blob);
+    assert_eq!(
+        later.cached_manifest(&mkey.digest).await.unwrap(),
+        Some((manifest, mt.to_string()))
+    );
+}
+
 /// A shared store where another replica stored a blob while this one was looking:
 /// hidden from the first look, `Present` to the claim.
 struct StoredMeanwhile {
