@@ -334,8 +334,8 @@ fn header_name(name: &'static str) -> pingora::Result<http::HeaderName> {
 
 async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<()> {
     if let Some(conn) = h1::plain(session) {
-        if !matches!(resp.body, Body::Stream(_)) {
-            return write_direct(conn, resp).await;
+        if let Some(sent) = write_direct(conn, &resp).await {
+            return sent;
         }
     }
     let declared = resp.content_length();
@@ -388,25 +388,33 @@ async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<(
     session.finish_body().await
 }
 
-/// A whole response on a plain HTTP/1 connection, written on its descriptor (see `h1`).
-async fn write_direct(conn: h1::Plain, resp: Response) -> pingora::Result<()> {
-    let mut head = Vec::with_capacity(256);
-    h1::head(resp.status, &resp.headers, conn.keepalive, &mut head).map_err(abort)?;
-    let mut socket = h1::Socket::new(conn.fd);
-    let sent = match &resp.body {
-        Body::Full(b) => socket.send_all(&[&head, b], false).await,
-        Body::File { file, offset, len } => match socket.send_all(&[&head], *len > 0).await {
-            Ok(()) => socket.send_file(file.as_raw_fd(), *offset, *len).await,
-            e => e,
-        },
-        Body::Stream(_) => Err(std::io::Error::other(
-            "a streamed body takes pingora's path",
-        )),
+/// A whole response on a plain HTTP/1 connection, written on its descriptor (see `h1`); `None`
+/// for a streamed body, which takes pingora's path.
+async fn write_direct(conn: h1::Plain, resp: &Response) -> Option<pingora::Result<()>> {
+    let (bytes, file): (&[u8], _) = match &resp.body {
+        Body::Full(b) => (b, None),
+        Body::File { file, offset, len } => (&[], Some((file.as_raw_fd(), *offset, *len))),
+        Body::Stream(_) => return None,
     };
-    sent.map_err(|e| abort(format!("write: {e}")))
+    let mut head = Vec::with_capacity(256);
+    if let Err(e) = h1::head(resp.status, &resp.headers, conn.keepalive, &mut head) {
+        return Some(Err(abort(e)));
+    }
+    let mut socket = h1::Socket::new(conn.fd);
+    let sent = async {
+        // A file's bytes follow the head in the same segments (`MSG_MORE`).
+        let more = file.is_some_and(|(_, _, len)| len > 0);
+        socket.send_all(&[&head, bytes], more).await?;
+        if let Some((fd, offset, len)) = file {
+            socket.send_file(fd, offset, len).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    Some(sent.await.map_err(|e| abort(format!("write: {e}"))))
 }
 
-/// Per-connection write buffer: header plus body up to this size go out in one send.
+/// Per-connection write buffer of pingora's path (TLS, HTTP/2, streamed bodies): header plus
+/// body up to this size go out in one send.
 const WRITE_BUFFER: usize = 64 << 10;
 
 /// Reading from a file, a blob this big at a time.
@@ -532,8 +540,9 @@ pub fn run(app: App, reload: Option<Reloader>, after: Option<AfterLoad>) -> ! {
             last_warned: Mutex::new(None),
         },
     );
-    // A write buffer big enough for the header and a small blob or manifest lets them leave in
-    // one send; pingora's default (one MSS) sends the header on its own.
+    // Where pingora writes (TLS, streamed bodies, its own 400s), a write buffer big enough for
+    // the header and a small blob or manifest lets them leave in one send; pingora's default
+    // (one MSS) sends the header on its own.
     let buffers = L4BufferSettings::new(DEFAULT_L4_READ_BUFFER_SIZE, WRITE_BUFFER);
     if let Some(addr) = listen {
         service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
