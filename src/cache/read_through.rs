@@ -433,7 +433,7 @@ impl Cache {
                 // Another replica sharing the store may be fetching it already. What it
                 // fetched for another repository is not this one's to name: the upstream
                 // decides then.
-                let _claim = match this.blobs.store().claim(&k.digest).await {
+                let claim = match this.blobs.store().claim(&k.digest).await {
                     Claim::Present => {
                         if this.links.has(&k.upstream, &k.repo, &k.digest).await {
                             if let Some(bytes) = this.blobs.get(&k.digest).await? {
@@ -455,15 +455,16 @@ impl Cache {
                 // replica waiting on the claim goes on only once both are stored.
                 this.links.remember(&k.upstream, &k.repo, &k.digest);
                 this.blobs.hold(&k.digest, bytes.clone()).await;
-                let (bg, kk, b) = (this.clone(), k.clone(), bytes.clone());
+                let (cache, key, stored) = (this.clone(), k.clone(), bytes.clone());
                 this.background.spawn(async move {
-                    let _claim = _claim;
-                    bg.links
-                        .add_durable(&kk.upstream, &kk.repo, &kk.digest)
+                    cache
+                        .links
+                        .add_durable(&key.upstream, &key.repo, &key.digest)
                         .await;
-                    if let Err(e) = bg.blobs.put(&kk.digest, b).await {
-                        tracing::warn!(digest = %kk.digest, error = %e, "blob not cached");
+                    if let Err(e) = cache.blobs.put(&key.digest, stored).await {
+                        tracing::warn!(digest = %key.digest, error = %e, "blob not cached");
                     }
+                    drop(claim);
                 });
                 Ok(bytes)
             })
@@ -571,7 +572,9 @@ impl Cache {
                     )));
                 }
                 // The repository's link and the bytes are stored by `fetch_blob_once` (link
-                // first); the references and the media type here.
+                // first; known in memory from now, so `add_manifest` does not write it a
+                // second time); the references and the media type here.
+                this.links.remember(&k.upstream, &k.repo, d);
                 this.links
                     .add_manifest(&k.upstream, &k.repo, d, &bytes)
                     .await;
