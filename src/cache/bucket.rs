@@ -436,14 +436,10 @@ impl RefStore for BucketRefs {
         self.bucket.get_small(&self.key(name)?).await
     }
 
-    async fn put(&self, name: &RefName, value: &[u8]) -> Result<()> {
+    async fn put(&self, name: &RefName, value: Bytes) -> Result<()> {
         let r = self
             .bucket
-            .put(
-                &self.key(name)?,
-                Bytes::copy_from_slice(value),
-                PutMode::Overwrite,
-            )
+            .put(&self.key(name)?, value, PutMode::Overwrite)
             .await;
         self.bucket.seen(
             r.is_ok(),

@@ -94,7 +94,7 @@ impl Links {
             if matches!(refs.get(&name).await, Ok(Some(_))) {
                 return;
             }
-            if let Err(e) = refs.put(&name, b"").await {
+            if let Err(e) = refs.put(&name, bytes::Bytes::new()).await {
                 tracing::warn!(link = %name, error = %e, "link not persisted; a restart will ask the upstream again");
             }
         });
@@ -115,7 +115,7 @@ impl Links {
         if matches!(self.refs.get(&name).await, Ok(Some(_))) {
             return;
         }
-        if let Err(e) = self.refs.put(&name, b"").await {
+        if let Err(e) = self.refs.put(&name, bytes::Bytes::new()).await {
             tracing::warn!(link = %name, error = %e, "link not persisted; a restart will ask the upstream again");
         }
     }

@@ -536,7 +536,11 @@ impl Cache {
             .insert(media_type_name(&d), Stamped::new(Bytes::from(mt.clone())))
             .await;
         self.background.spawn(async move {
-            if let Err(e) = this.refs.put(&media_type_name(&d), mt.as_bytes()).await {
+            if let Err(e) = this
+                .refs
+                .put(&media_type_name(&d), Bytes::copy_from_slice(mt.as_bytes()))
+                .await
+            {
                 tracing::warn!(digest = %d, error = %e, "media type not persisted");
             }
         });

@@ -110,7 +110,7 @@ fn decode_part(s: &str) -> Option<String> {
 pub trait RefStore: Send + Sync {
     async fn get(&self, name: &RefName) -> Result<Option<Bytes>>;
     /// Stores atomically: a reader sees the old value or the new one, never a mix.
-    async fn put(&self, name: &RefName, value: &[u8]) -> Result<()>;
+    async fn put(&self, name: &RefName, value: Bytes) -> Result<()>;
     /// Removing an absent ref is not an error.
     async fn delete(&self, name: &RefName) -> Result<()>;
     /// Every ref whose name begins with `prefix`, in lexical order of their parts.
@@ -171,20 +171,20 @@ impl RefStore for DiskRefs {
         let old = self.root.join(name.legacy_hex());
         match tokio::fs::read(&old).await {
             Ok(v) => {
+                let v = Bytes::from(v);
                 // Move it to its new name, so `list` (export) finds it from now on.
-                if self.put(name, &v).await.is_ok() {
+                if self.put(name, v.clone()).await.is_ok() {
                     let _ = tokio::fs::remove_file(&old).await;
                 }
-                Ok(Some(Bytes::from(v)))
+                Ok(Some(v))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn put(&self, name: &RefName, value: &[u8]) -> Result<()> {
+    async fn put(&self, name: &RefName, value: Bytes) -> Result<()> {
         let (dest, tmp, root) = (self.path(name), self.tmp.clone(), self.root.clone());
-        let value = value.to_vec();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let parent = dest.parent().unwrap_or(&root);
             // A deleted cache directory is recreated rather than failing every write after.
@@ -241,16 +241,16 @@ impl RefStore for DiskRefs {
 pub(crate) async fn check(store: &dyn RefStore) {
     let tag = RefName::new(["tag", "ghcr", "helm/chartmuseum", "v0.16.2"]);
     assert_eq!(store.get(&tag).await.unwrap(), None);
-    store.put(&tag, b"one").await.unwrap();
+    store.put(&tag, Bytes::from_static(b"one")).await.unwrap();
     assert_eq!(store.get(&tag).await.unwrap().unwrap(), &b"one"[..]);
-    store.put(&tag, b"two").await.unwrap();
+    store.put(&tag, Bytes::from_static(b"two")).await.unwrap();
     assert_eq!(store.get(&tag).await.unwrap().unwrap(), &b"two"[..]);
     // awkward parts: empty, dots, slashes, spaces, NUL, non-ASCII
     let odd = RefName::new(["manifest", "up", "..", "", "1.0.0+b/c d\0é"]);
-    store.put(&odd, b"x").await.unwrap();
+    store.put(&odd, Bytes::from_static(b"x")).await.unwrap();
     assert_eq!(store.get(&odd).await.unwrap().unwrap(), &b"x"[..]);
     let other = RefName::new(["tag", "ghcr", "helm/chartmuseum2", "v1"]);
-    store.put(&other, b"y").await.unwrap();
+    store.put(&other, Bytes::from_static(b"y")).await.unwrap();
     let listed = store.list(&RefName::new(["tag", "ghcr"])).await.unwrap();
     assert_eq!(listed, vec![tag.clone(), other.clone()]);
     let listed = store
@@ -308,7 +308,7 @@ mod tests {
         let d = Digest::of(b"x");
         let name = RefName::new(["tag", "up", "a/b", "v1"]);
         let refs: Box<dyn RefStore> = Box::new(DiskRefs::open(dir.path()).unwrap());
-        refs.put(&name, d.to_string().as_bytes()).await.unwrap();
+        refs.put(&name, Bytes::from(d.to_string())).await.unwrap();
         let refs: Box<dyn RefStore> = Box::new(DiskRefs::open(dir.path()).unwrap());
         assert_eq!(refs.get_digest(&name).await, Some(d.clone()));
         // an earlier release's hashed file is read, then moved to its new name

@@ -160,7 +160,7 @@ async fn import_staged(
     install_refs(app, &index.manifests, &manifests, &mut report).await?;
     cache
         .refs()
-        .put(&RefName::new(["bundles", &id.to_string()]), b"")
+        .put(&RefName::new(["bundles", &id.to_string()]), Bytes::new())
         .await?;
     Ok(report)
 }

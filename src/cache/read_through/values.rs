@@ -81,7 +81,7 @@ impl Cache {
                             // a failed write costs a restart one upstream request.
                             let (refs, n, v) = (refs.clone(), n.clone(), v.clone());
                             background.spawn(async move {
-                                if let Err(e) = refs.put(&n, &v).await {
+                                if let Err(e) = refs.put(&n, v).await {
                                     tracing::warn!(r#ref = %n, error = %e, "not persisted; a restart will ask the upstream again");
                                 }
                             });
@@ -157,7 +157,7 @@ impl Cache {
         self.values
             .insert(name.clone(), Stamped::new(value.clone()))
             .await;
-        if let Err(e) = self.refs.put(name, &value).await {
+        if let Err(e) = self.refs.put(name, value).await {
             tracing::warn!(r#ref = %name, error = %e, "not persisted; a restart will ask the upstream again");
         }
     }

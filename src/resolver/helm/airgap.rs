@@ -66,7 +66,7 @@ impl HelmUpstream {
             etag: None,
             last_modified: None,
         };
-        self.cache.refs().put(&self.raw_name(), &raw).await?;
+        self.cache.refs().put(&self.raw_name(), raw.clone()).await?;
         self.cache.put_value(&self.meta_name(), meta.encode()).await;
         let heap = content.heap;
         self.cache

@@ -136,7 +136,7 @@ impl HelmUpstream {
                 };
                 // The raw index first, then (by the cache) the metadata naming it: a crash in
                 // between leaves the old metadata, which only costs a full fetch.
-                if let Err(e) = self.cache.refs().put(&self.raw_name(), &bytes).await {
+                if let Err(e) = self.cache.refs().put(&self.raw_name(), bytes.clone()).await {
                     tracing::warn!(upstream = %name, error = %e, "cache write failed; serving without caching");
                     crate::metrics::cache_write_failure();
                 }
@@ -196,10 +196,14 @@ impl HelmUpstream {
             etag: v["etag"].as_str().map(str::to_string),
             last_modified: v["last_modified"].as_str().map(str::to_string),
         };
-        self.cache.refs().put(&self.raw_name(), &raw).await.ok()?;
         self.cache
             .refs()
-            .put(&self.meta_name(), &meta.encode())
+            .put(&self.raw_name(), raw.into())
+            .await
+            .ok()?;
+        self.cache
+            .refs()
+            .put(&self.meta_name(), meta.encode())
             .await
             .ok()?;
         let _ = tokio::fs::remove_file(&self.legacy_index).await;
