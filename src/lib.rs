@@ -45,7 +45,9 @@
 //! - `convert`: pure conversions (Chart.yaml -> config blob, README Markdown -> sanitised
 //!   HTML, chart -> OCI manifest, the chart
 //!   layers of a manifest, index parse and rewrite to JSON or YAML with its compact entry
-//!   table, `oci://` URLs, versions and tags). Golden- and property-tested; no I/O.
+//!   table, `oci://` URLs, versions and tags). Golden- and property-tested; no I/O. An index
+//!   in the YAML Helm writes is read by `convert::index::fast_yaml`, which declines anything
+//!   else to serde-saphyr and is tested to agree with it.
 //! - `cache`: `Cache`, the read-through cache every resolver uses (named values with
 //!   freshness, stale-on-error, backoff and negative answers; whole and streamed blobs with
 //!   single-flight and the `Tee`; derived values within a memory budget; `Links`, which
