@@ -553,6 +553,21 @@ fn plain_line(line: &str, first: bool) -> R<&str> {
     Ok(s)
 }
 
+/// A plain scalar that every YAML schema (1.1 and 1.2) reads as a string: it starts with a
+/// letter or `/`, and is not one of the words that read as a boolean or null.
+fn plain_is_text(s: &str) -> bool {
+    let starts_as_text = s
+        .as_bytes()
+        .first()
+        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'/');
+    let word = s.to_ascii_lowercase();
+    starts_as_text
+        && !matches!(
+            word.as_str(),
+            "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
+        )
+}
+
 /// The character of a double-quoted escape (after its backslash), and the bytes it used.
 fn unescape(b: &[u8]) -> R<(char, usize)> {
     let simple = |c: char| Ok((c, 1));
@@ -601,8 +616,16 @@ struct NodeDe<'r, 'a> {
 impl<'de, 'r> de::Deserializer<'de> for NodeDe<'r, 'de> {
     type Error = Decline;
 
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> R<V::Value> {
-        Err(Decline) // untyped values (serverInfo, import-values): serde-saphyr decides
+    /// Untyped values (`serverInfo`, a dependency's `import-values`): collections, quoted and
+    /// literal text, and plain text that no YAML schema reads as anything but a string. Null,
+    /// booleans and numbers decline: how they are typed is serde-saphyr's to say.
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> R<V::Value> {
+        match &self.node {
+            Node::Map { .. } | Node::EmptyMap => self.deserialize_map(v),
+            Node::Seq { .. } | Node::EmptySeq => self.deserialize_seq(v),
+            Node::Str(s, plain) if !plain || plain_is_text(s) => self.deserialize_str(v),
+            _ => Err(Decline),
+        }
     }
 
     fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> R<V::Value> {

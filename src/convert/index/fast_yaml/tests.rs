@@ -149,6 +149,24 @@ fn reads_quoted_keys_empty_collections_and_comment_lines() {
 }
 
 #[test]
+fn reads_server_info_when_its_values_are_text_or_collections() {
+    // ChartMuseum writes `serverInfo` with its context path.
+    let idx = same("apiVersion: v1\nentries: {}\nserverInfo:\n  contextPath: /charts\n  quoted: \"1.0\"\n  list:\n  - a\n  nested:\n    k: text\n");
+    let info = idx.server_info.unwrap();
+    assert_eq!(info["contextPath"], "/charts");
+    assert_eq!(info["quoted"], "1.0");
+    assert_eq!(info["nested"]["k"], "text");
+    same("apiVersion: v1\nentries: {}\nserverInfo: {}\n");
+    for v in [
+        "1", "1.0", "true", "Yes", "off", "~", "null", ".inf", "-x", "0x1",
+    ] {
+        let text = format!("apiVersion: v1\nentries: {{}}\nserverInfo:\n  v: {v}\n");
+        declines(&text);
+        agrees(&text).unwrap();
+    }
+}
+
+#[test]
 fn declines_what_it_does_not_read() {
     for text in [
         entry("    version: &v 1.0.0\n"),
@@ -173,6 +191,7 @@ fn declines_what_it_does_not_read() {
         entry("    version: a: b\n"),
         entry("    keywords:\n    - - nested\n"),
         "serverInfo:\n  x: 1\napiVersion: v1\n".to_string(),
+        "apiVersion: v1\nentries:\n  demo:\n  - name: demo\n    dependencies:\n    - name: d\n      import-values:\n      - 1\n".to_string(),
         String::new(),
         "# only a comment\n".to_string(),
     ] {
@@ -241,16 +260,28 @@ fn chart_version() -> impl Strategy<Value = ChartVersion> {
 }
 
 fn index() -> impl Strategy<Value = IndexFile> {
-    proptest::collection::btree_map(
-        "[a-z][a-z0-9-]{0,8}",
-        proptest::collection::vec(chart_version(), 1..3),
-        1..3,
+    (
+        proptest::collection::btree_map(
+            "[a-z][a-z0-9-]{0,8}",
+            proptest::collection::vec(chart_version(), 1..3),
+            1..3,
+        ),
+        proptest::option::of(proptest::collection::btree_map(
+            "[a-zA-Z]{1,8}",
+            tricky(),
+            0..3,
+        )),
     )
-    .prop_map(|entries| IndexFile {
-        api_version: "v1".into(),
-        entries,
-        ..Default::default()
-    })
+        .prop_map(|(entries, info)| IndexFile {
+            api_version: "v1".into(),
+            entries,
+            server_info: info.map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect()
+            }),
+            ..Default::default()
+        })
 }
 
 /// How a test emitter writes a string: the styles Go's emitters use, picked at random.
@@ -434,6 +465,23 @@ fn emit(idx: &IndexFile, st: Style) -> String {
             out.push_str(&" ".repeat(d));
             out.push_str("- ");
             out.push_str(&lines[k..]);
+        }
+    }
+    if let Some(info) = &idx.server_info {
+        if info.is_empty() {
+            out.push_str("serverInfo: {}\n");
+        } else {
+            out.push_str("serverInfo:\n");
+            for (k, v) in info {
+                let v = v.as_str().unwrap();
+                // Untyped: plain only where no schema reads it as anything but text.
+                let text = if plain_ok(v) && super::plain_is_text(v) {
+                    emit_str(v, 2, st)
+                } else {
+                    emit_double(v, "    ", st)
+                };
+                out.push_str(&format!("  {k}: {text}\n"));
+            }
         }
     }
     out
