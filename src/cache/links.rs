@@ -83,7 +83,11 @@ impl Links {
     /// background: a link lost to a crash costs one question to the upstream, never a wrong
     /// answer.
     pub async fn add(&self, upstream: &str, repo: &str, d: &Digest) -> bool {
-        let k = key(upstream, repo, d);
+        self.add_keyed(key(upstream, repo, d), upstream, repo, d)
+    }
+
+    /// `add` with the key already computed (a warm manifest's path hashes it once).
+    fn add_keyed(&self, k: [u8; 32], upstream: &str, repo: &str, d: &Digest) -> bool {
         if self.known.contains_key(&k) {
             return false;
         }
@@ -124,8 +128,8 @@ impl Links {
     /// (config, layers, child manifests of an index, artifact blobs); the references once per
     /// manifest and process.
     pub async fn add_manifest(&self, upstream: &str, repo: &str, d: &Digest, bytes: &[u8]) {
-        self.add(upstream, repo, d).await;
         let k = key(upstream, repo, d);
+        self.add_keyed(k, upstream, repo, d);
         if self.expanded.contains_key(&k) {
             return;
         }
