@@ -48,7 +48,8 @@ pub fn parse<T: DeserializeOwned>(text: &str, max_depth: usize) -> Option<T> {
 }
 
 /// Whole-text checks that the line reader then need not repeat: no CR (only LF line ends), no
-/// byte-order mark, no document markers or directives, and only characters YAML calls printable.
+/// byte-order mark, no document markers or directives, only characters YAML calls printable, and
+/// none of the characters YAML 1.1 reads as line breaks (NEL, LS, PS).
 fn precheck(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
@@ -61,8 +62,14 @@ fn precheck(text: &str) -> bool {
         line_start = c == b'\n';
         match c {
             b'\n' | b'\t' | 0x20..=0x7e => {}
-            // U+0080..U+009F (C1 controls) except U+0085 are not printable.
-            0xc2 if matches!(b.get(i + 1), Some(0x80..=0x9f)) && b[i + 1] != 0x85 => return false,
+            // U+0080..U+009F: C1 controls, and NEL (U+0085).
+            0xc2 if matches!(b.get(i + 1), Some(0x80..=0x9f)) => return false,
+            // U+2028 and U+2029 (LS, PS).
+            0xe2 if b[i + 1..].starts_with(&[0x80, 0xa8])
+                || b[i + 1..].starts_with(&[0x80, 0xa9]) =>
+            {
+                return false
+            }
             // U+FEFF (byte-order mark), U+FFFE and U+FFFF.
             0xef if b[i + 1..].starts_with(&[0xbb, 0xbf])
                 || b[i + 1..].starts_with(&[0xbf, 0xbe])
@@ -475,7 +482,7 @@ impl<'a> Reader<'a> {
                     .position(|(i, &c)| c == b':' && matches!(line.get(i + 1), None | Some(b' ')))
                     .ok_or(Decline)?;
                 let key = plain_line(&self.text[at..at + colon], true)?;
-                if key.len() != colon || key == "<<" {
+                if key.len() != colon || key == "<<" || is_null(key) {
                     return Err(Decline);
                 }
                 (Cow::Borrowed(key), at + colon)

@@ -128,6 +128,22 @@ fn folds_multi_line_scalars_as_yaml_does() {
 }
 
 #[test]
+fn null_is_none_where_a_value_is_optional() {
+    for v in ["", " ~", " null", " Null", " NULL"] {
+        assert_eq!(
+            same(&entry(&format!("    created:{v}\n"))).entries["demo"][0].created,
+            None
+        );
+    }
+    assert_eq!(
+        same(&entry("    created: \"null\"\n")).entries["demo"][0]
+            .created
+            .as_deref(),
+        Some("null")
+    );
+}
+
+#[test]
 fn literal_blocks_keep_lines_and_chomp() {
     let idx = same(&entry(
         "    description: |\n      first: line # not a comment\n\n        indented\n       \n      last\n\n\n    version: |-\n      1.0.0\n\n",
@@ -187,6 +203,9 @@ fn declines_what_it_does_not_read() {
         entry("    version:1.0.0\n"),
         entry("    ? version\n    : 1.0.0\n"),
         entry("    <<: {}\n"),
+        entry("    annotations:\n      ~: x\n"),
+        entry("    description: a\u{85}b\n"),
+        entry("    description: \"a\u{2028}b\"\n"),
         entry("    version: \"no end\n"),
         entry("    version: a: b\n"),
         entry("    keywords:\n    - - nested\n"),
