@@ -140,3 +140,34 @@ async fn reopening_finds_blobs_and_cleans_temp_files() {
         0
     );
 }
+
+/// A cache bigger than one stat thread's share (so several threads scan it) is indexed whole,
+/// in the order of the files' modification times, whatever thread read which file.
+#[test]
+fn a_big_scan_over_several_threads_keeps_every_blob_and_the_age_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let base = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let n = 10_000u32;
+    let mut by_age = Vec::new();
+    for i in 0..n {
+        let bytes = i.to_be_bytes();
+        let d = Digest::of(&bytes);
+        let f = std::fs::File::create(blobs.join(d.hex())).unwrap();
+        std::io::Write::write_all(&mut &f, &bytes).unwrap();
+        // Ages run against the names' order, so the readdir order cannot give the answer.
+        f.set_modified(base + std::time::Duration::from_secs(u64::from(n - i)))
+            .unwrap();
+        by_age.push(d);
+    }
+    by_age.reverse(); // oldest first
+    std::fs::write(blobs.join("not-a-digest"), b"x").unwrap();
+    let st = scan(dir.path()).unwrap();
+    assert_eq!(st.entries.len(), n as usize);
+    assert_eq!(st.used, 4 * u64::from(n));
+    let mut order: Vec<_> = st.entries.iter().collect();
+    order.sort_by_key(|(_, e)| e.last_use);
+    let order: Vec<Digest> = order.into_iter().map(|(d, _)| d.clone()).collect();
+    assert_eq!(order, by_age);
+}
