@@ -117,14 +117,9 @@ fn saphyr_index(bytes: &[u8], limits: IndexLimits) -> Result<IndexFile> {
     check(idx)
 }
 
-fn check(mut idx: IndexFile) -> Result<IndexFile> {
+fn check(idx: IndexFile) -> Result<IndexFile> {
     if idx.api_version.is_empty() {
         return Err(Error::upstream_invalid("index has no apiVersion"));
-    }
-    // A version list grew by doubling while it was read; give back the spare room before the
-    // rewrite adds its output on top (about 2 MB of the peak on a 15,000-version index).
-    for versions in idx.entries.values_mut() {
-        versions.shrink_to_fit();
     }
     Ok(idx)
 }

@@ -1,7 +1,8 @@
 //! A fast reader for the YAML that Helm writes for an index (Go's `yaml` emitters): block
 //! mappings and sequences, plain, quoted and literal (`|`, `|-`) scalars, `[]` and `{}`. It
 //! deserializes straight into the index types, with no token stream, event queue or tree in
-//! between, which makes a 15 MB index about twenty times faster to read than serde-saphyr does.
+//! between: about 0.18 s for the 15 MB, 15,000-version benchmark index (`cargo bench --bench
+//! convert`), where serde-saphyr took about 1 s.
 //!
 //! It is a fast path, not a second YAML parser: on anything outside that subset (anchors, aliases,
 //! tags, flow collections, folded scalars, comments after a value, tabs in indentation, CR line
