@@ -494,7 +494,7 @@ fn emit(idx: &IndexFile, st: Style) -> String {
             for (k, v) in info {
                 let v = v.as_str().unwrap();
                 // Untyped: plain only where no schema reads it as anything but text.
-                let text = if plain_ok(v) && super::plain_is_text(v) {
+                let text = if plain_ok(v) && super::scalar::plain_is_text(v) {
                     emit_str(v, 2, st)
                 } else {
                     emit_double(v, "    ", st)
