@@ -531,16 +531,17 @@ impl Cache {
 
     /// A manifest's media type: in memory now, its ref written off the answer's path.
     async fn note_media_type(self: &Arc<Self>, d: &Digest, media_type: &str) {
-        let (this, d, mt) = (self.clone(), d.clone(), media_type.to_string());
+        // One name and one buffer for the memory value and the persisted ref.
+        let (this, d) = (self.clone(), d.clone());
+        let (name, mt) = (
+            media_type_name(&d),
+            Bytes::copy_from_slice(media_type.as_bytes()),
+        );
         this.values
-            .insert(media_type_name(&d), Stamped::new(Bytes::from(mt.clone())))
+            .insert(name.clone(), Stamped::new(mt.clone()))
             .await;
         self.background.spawn(async move {
-            if let Err(e) = this
-                .refs
-                .put(&media_type_name(&d), Bytes::copy_from_slice(mt.as_bytes()))
-                .await
-            {
+            if let Err(e) = this.refs.put(&name, mt).await {
                 tracing::warn!(digest = %d, error = %e, "media type not persisted");
             }
         });
