@@ -52,7 +52,8 @@
 //!   freshness, stale-on-error, backoff and negative answers; whole and streamed blobs with
 //!   single-flight and the `Tee`; derived values within a memory budget; `Links`, which
 //!   repository may name which digest), over the storage traits: `BlobStore` (`DiskStore`,
-//!   content-addressed, LRU, verify-on-read; the memory tier in front) and `RefStore`
+//!   content-addressed, LRU, verify-on-read, a small blob read from the page cache without a
+//!   hop to the blocking pool (`disk::read`); the memory tier in front) and `RefStore`
 //!   (`DiskRefs`, small named values listed by prefix), each with a conformance test; and
 //!   `bucket`, the same two traits on a shared S3-compatible bucket (`BucketStore` with the
 //!   disk as its local tier, `BucketRefs`), with the cross-replica claim on cold blobs

@@ -20,6 +20,7 @@ use super::{BlobStore, BlobWrite, PartialBlob};
 use crate::error::digest_mismatch;
 use crate::error::{Error, Result};
 use crate::ids::Digest;
+use read::Opened;
 
 struct Entry {
     size: u64,
@@ -83,22 +84,19 @@ impl DiskStore {
         self.state.lock().expect("disk state poisoned").used
     }
 
-    /// Marks a blob used; returns whether its file mtime should be refreshed now.
-    fn touch(&self, d: &Digest) -> bool {
+    /// Marks a blob used: its size, and whether its file mtime should be refreshed now;
+    /// `None` if this store does not hold it.
+    fn touch(&self, d: &Digest) -> Option<(u64, bool)> {
         let mut st = self.state.lock().expect("disk state poisoned");
         st.clock += 1;
         let now = st.clock;
-        match st.entries.get_mut(d) {
-            Some(e) => {
-                e.last_use = now;
-                let due = e.mtime_written.is_none_or(|t| t.elapsed() >= MTIME_EVERY);
-                if due {
-                    e.mtime_written = Some(std::time::Instant::now());
-                }
-                due
-            }
-            None => false,
+        let e = st.entries.get_mut(d)?;
+        e.last_use = now;
+        let due = e.mtime_written.is_none_or(|t| t.elapsed() >= MTIME_EVERY);
+        if due {
+            e.mtime_written = Some(std::time::Instant::now());
         }
+        Some((e.size, due))
     }
 
     /// Re-hash blobs read from disk before serving them (`cache.verify_on_read`).
@@ -172,11 +170,27 @@ impl BlobStore for DiskStore {
     }
 
     async fn read(&self, d: &Digest) -> Result<Option<BlobData>> {
-        let Some(size) = self.stat(d).await? else {
+        let Some((size, mtime_due)) = self.touch(d) else {
             return Ok(None);
         };
-        let f = match tokio::fs::File::open(self.blob_path(d)).await {
-            Ok(f) => f,
+        let path = self.blob_path(d);
+        let verify = self.verify_on_read.then(|| d.clone());
+        let opened = match read::cached(&path, size, verify.as_ref()) {
+            Some(opened) => opened,
+            None => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || read::open(&path, size, verify.as_ref()))
+                    .await
+                    .map_err(|e| Error::internal(format!("cache read task failed: {e}")))?
+            }
+        };
+        let data = match opened {
+            Ok(Opened::Whole(b)) => BlobData::Bytes(Bytes::from(b)),
+            Ok(Opened::File(f)) => BlobData::File(tokio::fs::File::from_std(f), size),
+            Ok(Opened::Corrupt) => {
+                self.quarantine(d).await;
+                return Ok(None);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Removed behind our back (an operator cleaned the directory): forget it.
                 self.forget(d);
@@ -184,43 +198,14 @@ impl BlobStore for DiskStore {
             }
             Err(e) => return Err(e.into()),
         };
-        if self.verify_on_read {
-            let std_file = f.try_clone().await?.into_std().await;
-            let expected = d.clone();
-            let ok = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-                use std::io::Read;
-                let mut hasher = Sha256::new();
-                let mut r = std::io::BufReader::with_capacity(1 << 20, std_file);
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = r.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                }
-                Ok(Digest::from_hasher(hasher) == expected)
-            })
-            .await
-            .map_err(|e| Error::internal(format!("verify task failed: {e}")))??;
-            if !ok {
-                self.quarantine(d).await;
-                return Ok(None);
-            }
-        }
-        if self.touch(d) {
+        if mtime_due {
             // Persist recency in the mtime, so LRU order survives a restart.
-            let std_file = f.try_clone().await?.into_std().await;
             tokio::task::spawn_blocking(move || {
-                let _ = std_file.set_modified(std::time::SystemTime::now());
+                let now = std::time::SystemTime::now();
+                let _ = std::fs::File::open(path).and_then(|f| f.set_modified(now));
             });
         }
-        let mut f = f;
-        {
-            use tokio::io::AsyncSeekExt;
-            f.seek(std::io::SeekFrom::Start(0)).await?;
-        }
-        Ok(Some(BlobData::File(f, size)))
+        Ok(Some(data))
     }
 
     async fn read_range(&self, d: &Digest, start: u64, end: u64) -> Result<Option<Bytes>> {
@@ -683,5 +668,6 @@ fn rename_into(tmp: &Path, dest: &Path) -> std::io::Result<()> {
     }
 }
 
+mod read;
 #[cfg(test)]
 mod tests;

@@ -216,6 +216,10 @@ impl BlobCache {
         };
         crate::metrics::cache_lookup("disk", hit.is_some());
         match hit {
+            Some(BlobData::Bytes(b)) => {
+                self.memory.insert_verified(d.clone(), b.clone()).await;
+                Ok(Some(BlobData::Bytes(b)))
+            }
             Some(BlobData::File(mut f, n)) if n <= self.memory.max_item() => {
                 use tokio::io::AsyncReadExt;
                 let mut buf = Vec::with_capacity(n as usize);
