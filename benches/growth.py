@@ -2,8 +2,8 @@
 """How cost grows with the work (issue 14's table): the first tags/list of a helm upstream whose
 index has 1k, 5k, 15k and 50k versions (fetch, parse, rewrite; time and peak RSS); start-up on a
 cache of 10k, 100k and 1M blobs (time until listening, RSS); warm 5 KB blob req/s with 1, 10 and
-100 configured upstreams, and read at random among 1k and 10k distinct cached blobs with a 1 MiB
-memory tier (so reads go to the disk tier); cold pulls by 1, 8 and 32 clients of different images
+100 configured upstreams, and read at random among 1k, 10k, 100k and 1M distinct cached blobs
+with a 1 MiB memory tier (so reads go to the disk tier); cold pulls by 1, 8 and 32 clients of different images
 at once, against the same clients pulling from the registry directly. Time and RSS figures are
 the median of RUNS fresh processes, rates the median of RUNS wrk runs. Writes
 benches/RESULTS-growth.md.
@@ -59,32 +59,8 @@ def main():
     ns = [c * v for c, v in sizes]
     rows.append(("growth of the first tags/list", shape(ns, times), shape(ns, peaks)))
 
-    counts = [10_000, 100_000, 1_000_000]
-    starts, rss = [], []
-    for count in counts:
-        cache = os.path.join(load.WORK, f"cache{count}")
-        blobs = os.path.join(cache, "sha256")
-        os.makedirs(blobs)
-        for i in range(count):
-            data = i.to_bytes(4, "big")
-            with open(os.path.join(blobs, hashlib.sha256(data).hexdigest()), "wb") as f:
-                f.write(data)
-        s_runs, r_runs = [], []
-        for _ in range(RUNS):
-            t = time.perf_counter()
-            cb, _ = load.chartbridge("  - name: reg\n    kind: oci\n    url: http://127.0.0.1:9\n", cache=cache)
-            s_runs.append(time.perf_counter() - t)
-            time.sleep(0.3)
-            r_runs.append(load.rss_kb(cb.pid)[0] / 1024)
-            load.stop(cb)
-        starts.append(load.median(s_runs))
-        rss.append(load.median(r_runs))
-        rows.append((f"start-up on {count:,} cached blobs", f"{starts[-1]:.3f} s", f"{rss[-1]:.1f} MB RSS"))
-        print(rows[-1], flush=True)
-        shutil.rmtree(cache, ignore_errors=True)
-    rows.append(("growth of start-up", shape(counts, starts), shape(counts, rss)))
+    rows += blob_counts()
     rows += upstream_counts()
-    rows += random_reads()
     rows += concurrent_cold_pulls()
     return rows
 
@@ -115,48 +91,93 @@ def upstream_counts():
     return rows
 
 
-def random_reads():
-    """5 KB blobs read at random among K distinct cached ones; the memory tier holds 1 MiB, so
-    nearly every read comes from the disk tier."""
-    rows, rates = [], []
-    reg, reg_port = load.registry()
-    counts = [1_000, 10_000]
+def fill_cache(cache, count, upstream="reg", repo="bench/many"):
+    """A cache as chartbridge leaves it after serving `count` distinct 5 KB blobs of one
+    repository: each blob's content-addressed file under sha256/, and the link (an empty ref
+    under refs/links/<upstream>/<repo>/) that lets the repository read it. Written here rather
+    than pulled through a registry, so that a million blobs take minutes, not hours; every
+    measurement first reads one blob back through chartbridge, whose upstream is unreachable,
+    so a layout it did not accept would fail the run. Returns the digests."""
+    blobs = os.path.join(cache, "sha256")
+    links = os.path.join(cache, "refs", "links", upstream, repo.replace("/", "%2F"))
+    os.makedirs(blobs)
+    os.makedirs(links)
     digests = []
-    for i in range(counts[-1]):
-        digests.append(load.push_blob(reg_port, "bench/many", os.urandom(5 * 1024))[0])
-    cache = os.path.join(load.WORK, "randomcache")
-    upstream = oci("reg", reg_port)
-    cfg_extra = "  max_memory_bytes: 1MiB\n"
-    for count in counts:
-        port = load.free_port()
-        d = load.tempfile.mkdtemp(dir=load.WORK)
-        open(f"{d}/config.yaml", "w").write(
-            f"listen: 127.0.0.1:{port}\ncache:\n  dir: {cache}\n{cfg_extra}upstreams:\n{upstream}")
-        cb = load.start([load.BIN, "serve", "--config", f"{d}/config.yaml"], port,
-                        env=dict(os.environ, RUST_LOG="error"))
-        for dg in digests[:count]:
-            load.get(f"http://127.0.0.1:{port}/v2/reg/bench/many/blobs/{dg}")  # cold once: cached and linked
-        lua = os.path.join(d, "random.lua")
-        with open(lua, "w") as f:
-            f.write("local d = {" + ",".join(f'"{x}"' for x in digests[:count]) + "}\n"
-                    "request = function() return wrk.format(nil, \"/v2/reg/bench/many/blobs/\" .. d[math.random(#d)]) end\n")
-        runs = []
-        for _ in range(RUNS):
-            out = subprocess.run(["taskset", "-c", load.LOAD_CPU, "wrk", "-t1", "-c32", f"-d{load.DURATION}",
-                                  "-s", lua, f"http://127.0.0.1:{port}"], capture_output=True, text=True,
-                                 check=True).stdout
-            assert "Non-2xx" not in out, out
-            runs.append(float(load.re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))
-        rates.append(load.median(runs))
+    for i in range(count):
+        data = i.to_bytes(8, "big") * 640  # 5 KiB, distinct for each i
+        h = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs, h), "wb") as f:
+            f.write(data)
+        open(os.path.join(links, h), "wb").close()
+        digests.append(f"sha256:{h}")
+    return digests
+
+
+def blob_counts():
+    """Start-up on caches of 10k, 100k and 1M blobs (time until listening, RSS), and 5 KB blobs
+    read at random among 1k, 10k, 100k and 1M of them with a 1 MiB memory tier, so that nearly
+    every read comes from the disk tier (the files are in the page cache: they were just
+    written, and 1M blobs are 5 GB)."""
+    rows, starts, rss, rates = [], [], [], []
+    start_counts = [10_000, 100_000, 1_000_000]
+    read_counts = [1_000, 10_000, 100_000, 1_000_000]
+    upstream = "  - name: reg\n    kind: oci\n    url: http://127.0.0.1:9\n"
+    for count in read_counts:
+        cache = os.path.join(load.WORK, f"cache{count}")
+        digests = fill_cache(cache, count)
+        if count in start_counts:
+            s_runs, r_runs = [], []
+            for _ in range(RUNS):
+                t = time.perf_counter()
+                cb, _ = load.chartbridge(upstream, cache=cache)
+                s_runs.append(time.perf_counter() - t)
+                time.sleep(0.3)
+                r_runs.append(load.rss_kb(cb.pid)[0] / 1024)
+                load.stop(cb)
+            starts.append(load.median(s_runs))
+            rss.append(load.median(r_runs))
+            rows.append((f"start-up on {count:,} cached blobs", f"{starts[-1]:.3f} s", f"{rss[-1]:.1f} MB RSS"))
+            print(rows[-1], flush=True)
+        rates.append(random_reads(cache, digests, upstream))
         rows.append((f"warm 5 KB blobs read at random among {count:,} cached (1 MiB memory tier)",
-                     f"{rates[-1]:.0f} req/s", f"{load.rss_kb(cb.pid)[0] / 1024:.1f} MB RSS"))
+                     f"{rates[-1][0]:.0f} req/s", f"{rates[-1][1]:.1f} MB RSS"))
         print(rows[-1], flush=True)
-        load.stop(cb)
-    rows.append(("growth of random reads with distinct blobs", shape(counts, [1 / r for r in rates]), ""))
-    rows.append(("random reads among 100k and 1M cached blobs", "not measured: filling the cache "
-                 "through the registry takes longer than this run's budget", ""))
-    load.stop(reg)
+        shutil.rmtree(cache, ignore_errors=True)
+    rows.append(("growth of start-up", shape(start_counts, starts), shape(start_counts, rss)))
+    rows.append(("growth of random reads with distinct blobs",
+                 shape(read_counts, [1 / r for r, _ in rates]), shape(read_counts, [m for _, m in rates])))
     return rows
+
+
+def random_reads(cache, digests, upstream):
+    """req/s (median of RUNS wrk runs after one to warm up) and RSS of a fresh chartbridge
+    serving 5 KB blobs picked at random among `digests`."""
+    port = load.free_port()
+    d = load.tempfile.mkdtemp(dir=load.WORK)
+    open(f"{d}/config.yaml", "w").write(
+        f"listen: 127.0.0.1:{port}\ncache:\n  dir: {cache}\n  max_memory_bytes: 1MiB\nupstreams:\n{upstream}")
+    cb = load.start([load.BIN, "serve", "--config", f"{d}/config.yaml"], port,
+                    env=dict(os.environ, RUST_LOG="error"))
+    one = digests[len(digests) // 2]
+    want = (len(digests) // 2).to_bytes(8, "big") * 640
+    assert load.get(f"http://127.0.0.1:{port}/v2/reg/bench/many/blobs/{one}") == want
+    with open(f"{d}/digests", "w") as f:
+        f.write("\n".join(digests) + "\n")
+    lua = os.path.join(d, "random.lua")
+    with open(lua, "w") as f:
+        f.write(f'local d = {{}}\nfor line in io.lines("{d}/digests") do d[#d + 1] = line end\n'
+                'request = function() return wrk.format(nil, "/v2/reg/bench/many/blobs/" .. d[math.random(#d)]) end\n')
+    runs = []
+    for i in range(RUNS + 1):
+        out = subprocess.run(["taskset", "-c", load.LOAD_CPU, "wrk", "-t1", "-c32", f"-d{load.DURATION}",
+                              "-s", lua, f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                             check=True).stdout
+        assert "Non-2xx" not in out and "Socket errors" not in out, out
+        if i:  # the first run warms up: links read from the ref store, the allocator's pools
+            runs.append(float(load.re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))
+    mem = load.rss_kb(cb.pid)[0] / 1024
+    load.stop(cb)
+    return load.median(runs), mem
 
 
 def concurrent_cold_pulls():
