@@ -30,7 +30,8 @@ impl Digest {
         Digest::from_raw(h.finalize().into())
     }
 
-    fn from_raw(raw: [u8; 32]) -> Digest {
+    /// Builds a digest from its 32 bytes.
+    pub fn from_raw(raw: [u8; 32]) -> Digest {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hex = [0u8; 64];
         for (i, b) in raw.iter().enumerate() {
@@ -38,6 +39,21 @@ impl Digest {
             hex[2 * i + 1] = HEX[usize::from(b & 15)];
         }
         Digest { hex }
+    }
+
+    /// The digest's 32 bytes (a compact key: half the hex form).
+    pub fn raw(&self) -> [u8; 32] {
+        fn nibble(c: u8) -> u8 {
+            match c {
+                b'0'..=b'9' => c - b'0',
+                _ => c - b'a' + 10,
+            }
+        }
+        let mut raw = [0u8; 32];
+        for (i, pair) in self.hex.chunks_exact(2).enumerate() {
+            raw[i] = (nibble(pair[0]) << 4) | nibble(pair[1]);
+        }
+        raw
     }
 
     /// Parses the bare hex form used by Helm's index.yaml `digest` field.
@@ -347,6 +363,14 @@ mod tests {
             Digest::of(b"").to_string(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+        // The 32-byte form is the hash itself, and gives the same digest back.
+        for data in [&b""[..], b"a", b"chartbridge"] {
+            use sha2::Digest as _;
+            let d = Digest::of(data);
+            let raw: [u8; 32] = Sha256::digest(data).into();
+            assert_eq!(d.raw(), raw);
+            assert_eq!(Digest::from_raw(d.raw()), d);
+        }
     }
 
     #[test]

@@ -65,6 +65,16 @@ impl BlobData {
     }
 }
 
+/// Returns freed heap memory to the system: glibc keeps it otherwise, so the peak of a big
+/// transient build (an index parse, the start-up scan of a big cache) would stay resident.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Content-addressed blob storage. `put` and `begin` verify that the bytes hash to the digest
 /// and refuse them otherwise, so no store ever holds a blob under the wrong name.
 #[async_trait]

@@ -664,16 +664,6 @@ fn redact_str(url: &str) -> String {
         .unwrap_or_else(|_| url.to_string())
 }
 
-/// Returns freed heap memory to the system (glibc keeps it otherwise, so a parse's peak would
-/// stay resident).
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 mod airgap;
 mod index;
 

@@ -168,6 +168,9 @@ fn a_big_scan_over_several_threads_keeps_every_blob_and_the_age_order() {
     assert_eq!(st.used, 4 * u64::from(n));
     let mut order: Vec<_> = st.entries.iter().collect();
     order.sort_by_key(|(_, e)| e.last_use);
-    let order: Vec<Digest> = order.into_iter().map(|(d, _)| d.clone()).collect();
+    let order: Vec<Digest> = order
+        .into_iter()
+        .map(|(k, _)| Digest::from_raw(*k))
+        .collect();
     assert_eq!(order, by_age);
 }

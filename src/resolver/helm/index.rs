@@ -146,7 +146,7 @@ impl HelmUpstream {
                     .put_derived(self.content_key(&meta), content, heap);
                 // The parse's garbage and the raw body are freed now; hand them back to the
                 // system rather than keep the peak as resident memory.
-                let _ = tokio::task::spawn_blocking(trim_heap).await;
+                let _ = tokio::task::spawn_blocking(crate::cache::trim_heap).await;
                 Ok(meta.encode())
             }
             Ok(Fetch::Missing) => {
@@ -178,7 +178,7 @@ impl HelmUpstream {
             ));
         }
         let content = self.build_content(raw).await?;
-        let _ = tokio::task::spawn_blocking(trim_heap).await;
+        let _ = tokio::task::spawn_blocking(crate::cache::trim_heap).await;
         Ok(content)
     }
 
