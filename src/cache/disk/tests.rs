@@ -16,6 +16,32 @@ async fn evicts_least_recently_used_to_fit_the_budget() {
     assert_eq!(store.used_bytes(), 20);
 }
 
+/// Once over its budget, the store evicts down to a 64th below it (so a full cache does not
+/// sort its index on every blob it admits), oldest first.
+#[tokio::test]
+async fn a_full_store_evicts_a_64th_below_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), 640).await.unwrap();
+    let blobs: Vec<Bytes> = (0..65u32)
+        .map(|i| Bytes::from(i.to_be_bytes().repeat(3)[..10].to_vec()))
+        .collect();
+    let ds: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
+    for (d, b) in ds.iter().zip(&blobs).take(64) {
+        store.put(d, b.clone()).await.unwrap();
+    }
+    assert_eq!(
+        store.used_bytes(),
+        640,
+        "exactly at the budget: nothing evicted"
+    );
+    store.put(&ds[64], blobs[64].clone()).await.unwrap();
+    assert_eq!(store.used_bytes(), 630);
+    for (i, d) in ds.iter().enumerate() {
+        let held = store.stat(d).await.unwrap().is_some();
+        assert_eq!(held, i >= 2, "blob {i}");
+    }
+}
+
 /// A full disk (here /dev/full, which answers ENOSPC) does not fail the stream: the writer
 /// keeps hashing, verification still works, and only the commit reports "not cached".
 #[tokio::test]
