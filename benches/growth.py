@@ -152,12 +152,8 @@ def blob_counts():
 def random_reads(cache, digests, upstream):
     """req/s (median of RUNS wrk runs after one to warm up) and RSS of a fresh chartbridge
     serving 5 KB blobs picked at random among `digests`."""
-    port = load.free_port()
+    cb, port = load.chartbridge(upstream, cache=cache, cache_extra="  max_memory_bytes: 1MiB\n")
     d = load.tempfile.mkdtemp(dir=load.WORK)
-    open(f"{d}/config.yaml", "w").write(
-        f"listen: 127.0.0.1:{port}\ncache:\n  dir: {cache}\n  max_memory_bytes: 1MiB\nupstreams:\n{upstream}")
-    cb = load.start([load.BIN, "serve", "--config", f"{d}/config.yaml"], port,
-                    env=dict(os.environ, RUST_LOG="error"))
     one = digests[len(digests) // 2]
     want = (len(digests) // 2).to_bytes(8, "big") * 640
     assert load.get(f"http://127.0.0.1:{port}/v2/reg/bench/many/blobs/{one}") == want

@@ -104,13 +104,14 @@ def registry(proxy_of=None):
     return p, port
 
 
-def chartbridge(upstreams, cache=None, log=False):
-    """chartbridge on its own cache; `log`: its access log on (to a file, as in production)."""
+def chartbridge(upstreams, cache=None, log=False, cache_extra=""):
+    """chartbridge on its own cache; `log`: its access log on (to a file, as in production);
+    `cache_extra`: more `cache:` settings, as indented YAML lines."""
     port = free_port()
     d = tempfile.mkdtemp(dir=WORK)
     cache = cache or f"{d}/cache"
     open(f"{d}/config.yaml", "w").write(
-        f"listen: 127.0.0.1:{port}\ncache:\n  dir: {cache}\nupstreams:\n{upstreams}")
+        f"listen: 127.0.0.1:{port}\ncache:\n  dir: {cache}\n{cache_extra}upstreams:\n{upstreams}")
     env = dict(os.environ, RUST_LOG="error,access=info" if log else "error")
     p = start([BIN, "serve", "--config", f"{d}/config.yaml"], port, env=env, log=f"{d}/log")
     return p, port
