@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the steps every warm request pays, as the load run's profile found them
 //! (`benches/RESULTS.md`): the whole request path without sockets (`App::handle` for a warm
-//! blob, and a request that fails at the route), the response head as pingora gets it, the
+//! blob, a warm manifest by tag of a registry upstream, and a request that fails at the
+//! route), the response head as pingora gets it, the
 //! per-repository link check, and digest text. A regression here shows in `cargo bench` before
 //! it shows in a load run. Run with `cargo bench --bench request`.
 
@@ -48,6 +49,32 @@ fn benches(c: &mut Criterion) {
 
     c.bench_function("handle_warm_blob_5k", |b| {
         b.iter(|| rt.block_on(app.handle(black_box(&warm))))
+    });
+    // A warm manifest by tag: the tag resolved within its `tag_ttl` and the manifest in memory,
+    // seeded as a GET by tag leaves them.
+    let manifest = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#,
+    );
+    let md = Digest::of(&manifest);
+    rt.block_on(async {
+        let cache = app.cache();
+        let mt = "application/vnd.oci.image.manifest.v1+json";
+        cache.put_manifest(&md, manifest.clone(), mt).await.unwrap();
+        let tag = chartbridge::cache::RefName::new(["tag", "reg", "bench/blobs", "v1"]);
+        cache.put_value(&tag, Bytes::from(md.text())).await;
+    });
+    let by_tag = get("/v2/reg/bench/blobs/manifests/v1".into());
+    let resp = rt.block_on(app.handle(&by_tag));
+    assert_eq!(
+        resp.status, 200,
+        "the warm manifest is served from the cache"
+    );
+    assert_eq!(
+        resp.get_header("Docker-Content-Digest"),
+        Some(md.text().as_str())
+    );
+    c.bench_function("handle_warm_manifest_by_tag", |b| {
+        b.iter(|| rt.block_on(app.handle(black_box(&by_tag))))
     });
     let bad = get("/v2/reg/bench/blobs/blobs/sha256:nothex".into());
     c.bench_function("handle_invalid_digest", |b| {
