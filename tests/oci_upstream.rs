@@ -180,6 +180,45 @@ fn an_upstream_latest_passes_through_unless_the_policy_is_always() {
     assert_eq!(forced, v110, "latest: always overrides it");
 }
 
+/// A warm tag is answered from memory only while it is fresh: once `tag_ttl` has passed, a tag
+/// moved upstream is followed, and so is a synthesised `latest` whose tag list grew.
+#[test]
+fn a_moved_tag_and_a_new_latest_are_followed_once_tag_ttl_has_passed() {
+    let reg = registry();
+    let _layouts = push_images(&reg);
+    let retag = |from: &str, to: &str| {
+        skopeo(&[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/test/hello:{from}", reg.host()),
+            &format!("docker://{}/test/hello:{to}", reg.host()),
+        ])
+        .unwrap();
+    };
+    retag("v1.2.0", "stable");
+    let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
+    let (v12, _) = manifest_raw(&format!("{}/v2/test/hello/manifests/v1.2.0", reg.url()));
+    let (v110, _) = manifest_raw(&format!("{}/v2/test/hello/manifests/v1.10.0", reg.url()));
+    let at = |tag: &str| {
+        manifest_raw(&format!(
+            "{}/v2/reg/test/hello/manifests/{tag}",
+            bridge.url()
+        ))
+        .0
+    };
+    // the first answer goes the long way, the next ones are warm
+    for _ in 0..3 {
+        assert_eq!(at("stable"), v12);
+        assert_eq!(at("latest"), v110, "latest: the highest stable version");
+    }
+    retag("v1.10.0", "stable");
+    retag("v1.2.0", "v1.20.0");
+    wait_until("the moved tag is followed", || at("stable") == v110);
+    wait_until("latest follows the grown tag list", || at("latest") == v12);
+}
+
 #[test]
 fn containerd_ns_routing_and_default_upstream() {
     let reg = registry();

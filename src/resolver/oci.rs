@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 mod blobs;
 mod chart_index;
+mod tag_memo;
 
 pub use chart_index::BuiltIndex;
 
@@ -55,6 +56,8 @@ pub struct OciUpstream {
     registry: Arc<Registry>,
     cache: Arc<Cache>,
     limits: Limits,
+    /// Warm answers to a manifest by tag, until the tag is due to be asked about again.
+    tags: tag_memo::TagMemo,
 }
 
 impl OciUpstream {
@@ -75,6 +78,7 @@ impl OciUpstream {
             cache: stores.cache.clone(),
             limits,
             config,
+            tags: tag_memo::TagMemo::new(),
         }
     }
 
@@ -278,13 +282,22 @@ impl OciUpstream {
                 Ok(Served::fresh(self.manifest_by_digest(&up, d, false).await?))
             }
             Reference::Tag(t) => {
+                if let Some(hit) = self.tags.get(&up, t.as_str()) {
+                    crate::metrics::cache_lookup("memory", true);
+                    if hit.synthesized_latest {
+                        crate::metrics::latest_synthesized();
+                    }
+                    return Ok(hit.served);
+                }
                 let mut tag = t.as_str().to_string();
                 // what the answer was built from: the tag list too, when `latest` is ours
                 let mut from = Served::fresh(());
+                let mut synthesized_latest = false;
                 if tag == version::LATEST && self.config.latest != LatestPolicy::Never {
                     let tags = self.upstream_tags(&up).await?;
                     if let Some(target) = self.latest_target(&tags.value) {
                         crate::metrics::latest_synthesized();
+                        synthesized_latest = true;
                         tag = target;
                     }
                     from = tags.map(|_| ());
@@ -299,7 +312,9 @@ impl OciUpstream {
                 let d = self.resolve_tag(&up, &tag).await?;
                 // This repository's own tag names the manifest: it holds it.
                 let m = self.manifest_by_digest(&up, &d.value, true).await?;
-                Ok(from.then(d.map(|_| m)))
+                let served = from.then(d.map(|_| m));
+                self.tags.put(&up, t.as_str(), &served, synthesized_latest);
+                Ok(served)
             }
         }
     }
