@@ -45,15 +45,7 @@ fn floating_tags_follow_the_highest_stable_release_of_their_line() {
         push(tag, 40 + i as u64);
     }
     // the registry's own `v1` (pointing at v1.0.0) is not shadowed by the floating one
-    skopeo(&[
-        "copy",
-        "--all",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        &format!("docker://{}/test/app:v1.0.0", reg.host()),
-        &format!("docker://{}/test/app:v1", reg.host()),
-    ])
-    .unwrap();
+    retag(&reg, "test/app", "v1.0.0", "v1");
     let up = |tag: &str| digest_of(&format!("{}/v2/test/app/manifests/{tag}", reg.url())).unwrap();
     let mut ups = oci_upstream("reg", &reg.url(), "    float: [major, minor]\n");
     ups.push_str(&oci_upstream("plain", &reg.url(), ""));

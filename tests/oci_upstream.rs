@@ -154,15 +154,7 @@ fn skopeo_copies_multi_arch_images_through_with_digests_preserved_and_latest() {
 fn an_upstream_latest_passes_through_unless_the_policy_is_always() {
     let reg = registry();
     let _layouts = push_images(&reg);
-    skopeo(&[
-        "copy",
-        "--all",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        &format!("docker://{}/test/hello:v1.2.0", reg.host()),
-        &format!("docker://{}/test/hello:latest", reg.host()),
-    ])
-    .unwrap();
+    retag(&reg, "test/hello", "v1.2.0", "latest");
     let mut ups = oci_upstream("reg", &reg.url(), "");
     ups.push_str(&oci_upstream("always", &reg.url(), "    latest: always\n"));
     let bridge = chartbridge(&ups);
@@ -186,17 +178,7 @@ fn an_upstream_latest_passes_through_unless_the_policy_is_always() {
 fn a_moved_tag_and_a_new_latest_are_followed_once_tag_ttl_has_passed() {
     let reg = registry();
     let _layouts = push_images(&reg);
-    let retag = |from: &str, to: &str| {
-        skopeo(&[
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            &format!("docker://{}/test/hello:{from}", reg.host()),
-            &format!("docker://{}/test/hello:{to}", reg.host()),
-        ])
-        .unwrap();
-    };
+    let retag = |from: &str, to: &str| retag(&reg, "test/hello", from, to);
     retag("v1.2.0", "stable");
     let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
     let (v12, _) = manifest_raw(&format!("{}/v2/test/hello/manifests/v1.2.0", reg.url()));

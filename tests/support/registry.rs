@@ -182,3 +182,16 @@ pub fn push_blob(reg: &Proc, repo: &str, bytes: &[u8]) -> String {
     assert_eq!(r.status(), 201, "blob upload");
     d
 }
+
+/// Points `repo:to` at what `repo:from` names, in the registry itself (skopeo, every platform).
+pub fn retag(reg: &Proc, repo: &str, from: &str, to: &str) {
+    skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{}/{repo}:{from}", reg.host()),
+        &format!("docker://{}/{repo}:{to}", reg.host()),
+    ])
+    .unwrap();
+}
