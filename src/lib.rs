@@ -41,8 +41,8 @@
 //!   request as `Located`, verified archives, synthesised manifests). `resolver::oci`: a
 //!   registry upstream (byte-exact manifests, tag -> digest, blobs and manifests by digest for
 //!   the repositories that hold them, `latest`; a warm manifest by tag answered from
-//!   `resolver::oci::tag_memo` until the tag is due for revalidation), and `resolver::oci::chart_index`, the
-//!   index.yaml view of OCI charts.
+//!   `resolver::oci::tag_memo` until the tag is due for revalidation), and
+//!   `resolver::oci::chart_index`, the index.yaml view of OCI charts.
 //! - `convert`: pure conversions (Chart.yaml -> config blob, README Markdown -> sanitised
 //!   HTML, chart -> OCI manifest, the chart
 //!   layers of a manifest, index parse and rewrite to JSON or YAML with its compact entry
