@@ -74,10 +74,7 @@ impl App {
             refresh_backoff: config.cache.refresh_backoff,
             derived_budget: config.cache.max_index_memory_bytes,
         };
-        let stores = Stores {
-            cache: Arc::new(Cache::new(blobs, refs, settings)),
-            dir: dir.clone(),
-        };
+        let stores = Stores::new(Arc::new(Cache::new(blobs, refs, settings)), dir.clone());
         let live = Live::build(config.clone(), &stores)?;
         Ok(App {
             started: config,

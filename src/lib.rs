@@ -36,9 +36,10 @@
 //!   templates over what the resolvers' `peek_*` and the cache hold, without upstream requests
 //!   (but for the same-origin "fetch into cache" POST); READMEs through `convert::markdown`.
 //! - `resolver`: per upstream, how to fetch and verify one thing and how long it is fresh;
-//!   `Stores` hands them the shared cache. `resolver::helm`: a legacy index.yaml upstream (the
-//!   index revalidated after `index_ttl`, tag -> version and the index entry resolved once per
-//!   request as `Located`, verified archives, synthesised manifests). `resolver::oci`: a
+//!   `Stores` hands them the shared cache (and the registry upstreams' shared tag memo).
+//!   `resolver::helm`: a legacy index.yaml upstream (the index revalidated after `index_ttl`,
+//!   tag -> version and the index entry resolved once per request as `Located`, verified
+//!   archives, synthesised manifests). `resolver::oci`: a
 //!   registry upstream (byte-exact manifests, tag -> digest, blobs and manifests by digest for
 //!   the repositories that hold them, `latest`; a warm manifest by tag answered from
 //!   `resolver::oci::tag_memo` until the tag is due for revalidation), and

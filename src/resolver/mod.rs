@@ -15,12 +15,24 @@ use crate::ids::Digest;
 pub use helm::HelmUpstream;
 pub use oci::OciUpstream;
 
-/// What every upstream shares: the read-through cache (kept across reloads), and the cache
-/// directory (where earlier releases kept indexes, read once on upgrade).
+/// What every upstream shares: the read-through cache (kept across reloads), the cache
+/// directory (where earlier releases kept indexes, read once on upgrade), and the memo of warm
+/// manifest-by-tag answers of registry upstreams (one budget for all of them).
 #[derive(Clone)]
 pub struct Stores {
     pub cache: std::sync::Arc<crate::cache::Cache>,
     pub dir: std::path::PathBuf,
+    pub tag_memo: std::sync::Arc<oci::TagMemo>,
+}
+
+impl Stores {
+    pub fn new(cache: std::sync::Arc<crate::cache::Cache>, dir: std::path::PathBuf) -> Stores {
+        Stores {
+            cache,
+            dir,
+            tag_memo: Default::default(),
+        }
+    }
 }
 
 /// A manifest as served: bytes, digest, media type.

@@ -20,6 +20,7 @@ mod chart_index;
 mod tag_memo;
 
 pub use chart_index::BuiltIndex;
+pub use tag_memo::TagMemo;
 
 use super::{ServedManifest, Stores};
 use crate::cache::{BlobData, BlobKey, Cache, Freshness, RefName, Served};
@@ -56,8 +57,10 @@ pub struct OciUpstream {
     registry: Arc<Registry>,
     cache: Arc<Cache>,
     limits: Limits,
-    /// Warm answers to a manifest by tag, until the tag is due to be asked about again.
-    tags: tag_memo::TagMemo,
+    /// Warm answers to a manifest by tag, until the tag is due to be asked about again (shared
+    /// by every registry upstream; this one's entries are under `tags_owner`).
+    tags: Arc<TagMemo>,
+    tags_owner: u64,
 }
 
 impl OciUpstream {
@@ -78,7 +81,8 @@ impl OciUpstream {
             cache: stores.cache.clone(),
             limits,
             config,
-            tags: tag_memo::TagMemo::new(),
+            tags: stores.tag_memo.clone(),
+            tags_owner: tag_memo::owner(),
         }
     }
 
@@ -282,7 +286,7 @@ impl OciUpstream {
                 Ok(Served::fresh(self.manifest_by_digest(&up, d, false).await?))
             }
             Reference::Tag(t) => {
-                if let Some(hit) = self.tags.get(&up, t.as_str()) {
+                if let Some(hit) = self.tags.get(self.tags_owner, &up, t.as_str()) {
                     crate::metrics::cache_lookup("memory", true);
                     if hit.synthesized_latest {
                         crate::metrics::latest_synthesized();
@@ -313,7 +317,13 @@ impl OciUpstream {
                 // This repository's own tag names the manifest: it holds it.
                 let m = self.manifest_by_digest(&up, &d.value, true).await?;
                 let served = from.then(d.map(|_| m));
-                self.tags.put(&up, t.as_str(), &served, synthesized_latest);
+                self.tags.put(
+                    self.tags_owner,
+                    &up,
+                    t.as_str(),
+                    &served,
+                    synthesized_latest,
+                );
                 Ok(served)
             }
         }

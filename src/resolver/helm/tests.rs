@@ -86,10 +86,7 @@ async fn resolver(dir: &std::path::Path, port: u16) -> Arc<HelmUpstream> {
     ));
     let u = config.upstreams[0].clone();
     let client = Arc::new(UpstreamClient::new(u.policy.clone(), &u.url).unwrap());
-    let stores = Stores {
-        cache,
-        dir: dir.to_path_buf(),
-    };
+    let stores = Stores::new(cache, dir.to_path_buf());
     Arc::new(HelmUpstream::new(u, client, &stores, config.limits).unwrap())
 }
 
