@@ -139,13 +139,7 @@ impl BlobStore for DiskStore {
 
     async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
         match self.read(d).await? {
-            Some(BlobData::File(mut f, size)) => {
-                use tokio::io::AsyncReadExt;
-                let mut buf = Vec::with_capacity(size as usize);
-                f.read_to_end(&mut buf).await?;
-                Ok(Some(Bytes::from(buf)))
-            }
-            Some(BlobData::Bytes(b)) => Ok(Some(b)),
+            Some(data) => Ok(Some(data.into_bytes().await?)),
             None => Ok(None),
         }
     }

@@ -63,6 +63,19 @@ impl BlobData {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The bytes, read from the file if that is what this is.
+    pub async fn into_bytes(self) -> std::io::Result<Bytes> {
+        match self {
+            BlobData::Bytes(b) => Ok(b),
+            BlobData::File(mut f, n) => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::with_capacity(n as usize);
+                f.read_to_end(&mut buf).await?;
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
 }
 
 /// Returns freed heap memory to the system: glibc keeps it otherwise, so the peak of a big
@@ -225,21 +238,13 @@ impl BlobCache {
             self.disk.read(d).await?
         };
         crate::metrics::cache_lookup("disk", hit.is_some());
-        match hit {
-            Some(BlobData::Bytes(b)) => {
-                self.memory.insert_verified(d.clone(), b.clone()).await;
-                Ok(Some(BlobData::Bytes(b)))
-            }
-            Some(BlobData::File(mut f, n)) if n <= self.memory.max_item() => {
-                use tokio::io::AsyncReadExt;
-                let mut buf = Vec::with_capacity(n as usize);
-                f.read_to_end(&mut buf).await?;
-                let b = Bytes::from(buf);
-                self.memory.insert_verified(d.clone(), b.clone()).await;
-                Ok(Some(BlobData::Bytes(b)))
-            }
-            other => Ok(other),
-        }
+        // Small blobs, whichever way the store handed them out, are promoted to memory.
+        let b = match hit {
+            Some(data) if data.len() <= self.memory.max_item() => data.into_bytes().await?,
+            other => return Ok(other),
+        };
+        self.memory.insert_verified(d.clone(), b.clone()).await;
+        Ok(Some(BlobData::Bytes(b)))
     }
 
     /// Starts a streaming write to the disk tier.
