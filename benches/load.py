@@ -339,14 +339,16 @@ def main():
         for i in range(RUNS):
             cache = tempfile.mkdtemp(dir=COLD_CACHE) if COLD_CACHE else None
             cb, cb_port = chartbridge(f"  - name: reg\n    kind: oci\n    url: http://127.0.0.1:{reg_port}\n", cache)
-            # alternate which goes first, so neither always meets a colder registry page cache
+            # alternate which goes first (image and chart alike), so neither always meets a
+            # colder registry page cache
             order = [("img_cb", f"127.0.0.1:{cb_port}/reg"), ("img_direct", f"127.0.0.1:{reg_port}")]
             for key, host in (order if i % 2 == 0 else order[::-1]):
                 dest = tempfile.mkdtemp(dir=WORK)
                 t, _ = timed(["skopeo", "copy", "--src-tls-verify=false", f"docker://{host}/bench/multi:v1.0.0", f"dir:{dest}"], env=skopeo_env)
                 cold[key].append(t)
                 shutil.rmtree(dest)
-            for key, host in [("chart_cb", f"127.0.0.1:{cb_port}/reg"), ("chart_direct", f"127.0.0.1:{reg_port}")]:
+            charts = [("chart_cb", f"127.0.0.1:{cb_port}/reg"), ("chart_direct", f"127.0.0.1:{reg_port}")]
+            for key, host in (charts if i % 2 == 0 else charts[::-1]):
                 dest = tempfile.mkdtemp(dir=WORK)
                 t, _ = timed([HELM, "pull", f"oci://{host}/charts/demo", "--version", "0.1.0", "--plain-http", "-d", dest], env=helm_env)
                 cold[key].append(t)
