@@ -63,10 +63,12 @@ impl Request {
     }
 }
 
-/// What a data response sends: bytes in memory, or an open file of a known length.
+/// What a data response sends: bytes in memory (on the heap, or mapped from a memfd), or an
+/// open file of a known length.
 #[derive(Debug)]
 pub enum Content {
     Bytes(Bytes),
+    Mapped(crate::cache::Mapped),
     File(tokio::fs::File, u64),
 }
 
@@ -74,6 +76,7 @@ impl Content {
     pub fn len(&self) -> u64 {
         match self {
             Content::Bytes(b) => b.len() as u64,
+            Content::Mapped(m) => m.bytes.len() as u64,
             Content::File(_, n) => *n,
         }
     }
@@ -88,6 +91,13 @@ impl Content {
 #[derive(Debug)]
 pub enum Body {
     Full(Bytes),
+    /// `bytes`, which are also the file `fd` from `offset` (a memory-tier blob in a sealed
+    /// memfd): a plain HTTP/1 connection sends them with `sendfile`, any other as bytes.
+    Mapped {
+        bytes: Bytes,
+        fd: std::sync::Arc<std::os::fd::OwnedFd>,
+        offset: u64,
+    },
     /// `len` bytes of an open file from `offset` (the file stays readable even if evicted).
     File {
         file: tokio::fs::File,
@@ -101,7 +111,10 @@ pub enum Body {
 
 impl Body {
     pub fn is_empty(&self) -> bool {
-        matches!(self, Body::Full(b) if b.is_empty())
+        match self {
+            Body::Full(b) | Body::Mapped { bytes: b, .. } => b.is_empty(),
+            _ => false,
+        }
     }
 }
 
@@ -368,6 +381,21 @@ pub fn data_response(
             b.slice(start as usize..end as usize),
             req.is_head(),
         ),
+        Content::Mapped(m) => {
+            let mut resp = resp.with_body(
+                content_type,
+                m.bytes.slice(start as usize..end as usize),
+                req.is_head(),
+            );
+            if let Body::Full(bytes) = std::mem::replace(&mut resp.body, Body::Full(Bytes::new())) {
+                resp.body = Body::Mapped {
+                    bytes,
+                    fd: m.fd,
+                    offset: start,
+                };
+            }
+            resp
+        }
         Content::File(file, _) => {
             resp = resp
                 .header("Content-Type", content_type)

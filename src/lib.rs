@@ -12,8 +12,9 @@
 //!   limit), SIGTERM grace, SIGHUP reload (configuration and TLS pair together). Plain and TLS
 //!   listeners (ALPN h2/http1.1) share one service. On plain HTTP/1 connections `server::h1`
 //!   writes whole responses itself on the socket (head and bytes body in one `sendmsg`,
-//!   disk-tier files with `sendfile`, readiness from tokio); TLS, HTTP/2 and streamed bodies
-//!   go through pingora, with heads built from `http` parts (`response_head`).
+//!   disk-tier files and memory-tier memfds with `sendfile`, readiness from tokio); TLS,
+//!   HTTP/2 and streamed bodies go through pingora, with heads built from `http` parts
+//!   (`response_head`).
 //! - `tls`: the listener's certificate pair and optional client CA, read from PEM files and
 //!   checked when the configuration loads; `Certificates` hands the current pair to each
 //!   handshake, so a reload swaps it without touching open connections.
@@ -55,7 +56,8 @@
 //!   single-flight and the `Tee`; derived values within a memory budget; `Links`, which
 //!   repository may name which digest), over the storage traits: `BlobStore` (`DiskStore`,
 //!   content-addressed, LRU, verify-on-read, a small blob read from the page cache without a
-//!   hop to the blocking pool (`disk::read`); the memory tier in front) and `RefStore`
+//!   hop to the blocking pool (`disk::read`); the memory tier in front, which holds blobs of
+//!   16 KiB and more in sealed memfds (`cache::memfd`) for `sendfile`) and `RefStore`
 //!   (`DiskRefs`, small named values listed by prefix), each with a conformance test; and
 //!   `bucket`, the same two traits on a shared S3-compatible bucket (`BucketStore` with the
 //!   disk as its local tier, `BucketRefs`), with the cross-replica claim on cold blobs

@@ -290,6 +290,74 @@ fn a_second_pull_succeeds_from_cache_with_the_upstream_stopped() {
     assert!(tags.contains("v1.2.0"));
 }
 
+/// A warm layer big enough to be held in a memfd goes out with `sendfile` on plain HTTP/1:
+/// whole, by range, and by HEAD, the registry's bytes every time.
+#[test]
+fn a_warm_layer_from_memory_is_served_whole_by_range_and_by_head() {
+    let reg = registry();
+    let layouts = tempfile::tempdir().unwrap();
+    let dir = layouts.path().join("l");
+    make_image_layout(&dir, "v1.0.0", 60_000, 3);
+    push_layout(&dir, "v1.0.0", &reg, "test/mid");
+    let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
+    let b = bridge.url();
+    let (_, index) = manifest_raw(&format!("{b}/v2/reg/test/mid/manifests/v1.0.0"));
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let platform = index["manifests"][0]["digest"].as_str().unwrap();
+    let (_, m) = manifest_raw(&format!("{b}/v2/reg/test/mid/manifests/{platform}"));
+    let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let expected = std::fs::read(
+        dir.join("blobs/sha256")
+            .join(layer.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    assert!(expected.len() > 16 << 10, "big enough for a memfd");
+    let url = format!("{b}/v2/reg/test/mid/blobs/{layer}");
+    // cold, then warm (from memory) three times
+    for i in 0..4 {
+        let r = get(&url);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().unwrap().to_vec(), expected, "GET {i}");
+    }
+    let r = client()
+        .get(&url)
+        .header("Range", "bytes=1000-20999")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 1000-20999/{}", expected.len())
+    );
+    assert_eq!(r.bytes().unwrap().to_vec(), expected[1000..21000].to_vec());
+    let r = client()
+        .get(&url)
+        .header("Range", "bytes=-100")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.bytes().unwrap().to_vec(),
+        expected[expected.len() - 100..].to_vec()
+    );
+    let r = client().head(&url).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-length"].to_str().unwrap(),
+        expected.len().to_string()
+    );
+    assert!(r.bytes().unwrap().is_empty());
+    // and the connection still frames the next answer right (keep-alive after sendfile)
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(&url).send().unwrap().bytes().unwrap().to_vec(),
+            expected
+        );
+    }
+}
+
 /// OCI-hosted charts as a classic Helm repository: per chart repository and for the whole
 /// upstream (from the registry's catalog), with real `helm repo add`, `search repo`, `pull` and
 /// `dependency update`.

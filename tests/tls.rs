@@ -367,6 +367,49 @@ fn helm_skopeo_containerd_and_curl_over_tls() {
         &format!("https://{host}/charts/-/demo/0.1.0/demo-0.1.0.tgz"),
     ]);
     assert_eq!(o.stdout, expected, "an archive over HTTP/2");
+    // a warm layer from the memory tier (held in a memfd; sent as bytes over TLS), whole and
+    // by range, over HTTP/2 and HTTP/1.1
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layouts
+                .path()
+                .join("l/blobs/sha256")
+                .join(skopeo_index_hex(&layouts.path().join("l"))),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let platform: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layouts.path().join("l/blobs/sha256").join(
+                index["manifests"][0]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layer = platform["layers"][0]["digest"].as_str().unwrap();
+    let layer_bytes = std::fs::read(
+        layouts
+            .path()
+            .join("l/blobs/sha256")
+            .join(layer.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    for flag in ["--http2", "--http1.1"] {
+        let url = format!("https://{host}/v2/reg/test/app/blobs/{layer}");
+        let o = curl(&[flag, "--cacert", ca_s, &url]);
+        assert_eq!(o.stdout, layer_bytes, "{flag}: a warm layer over TLS");
+        let o = curl(&[flag, "--cacert", ca_s, "-r", "100-20099", &url]);
+        assert_eq!(
+            o.stdout,
+            layer_bytes[100..20100].to_vec(),
+            "{flag}: a range over TLS"
+        );
+    }
     // the plain listener is still there beside it
     assert_eq!(
         get(&format!("{}/v2/charts/demo/tags/list", bridge.url())).status(),
@@ -627,4 +670,15 @@ fn a_configuration_with_a_bad_certificate_is_refused_at_start() {
         err.contains("listen_tls.cert_file") && err.contains("do not make a pair"),
         "{err}"
     );
+}
+
+/// The hex digest of the image index an OCI layout's `index.json` names.
+fn skopeo_index_hex(layout: &Path) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    v["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string()
 }

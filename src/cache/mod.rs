@@ -19,6 +19,7 @@ mod bucket;
 mod disk;
 mod flight;
 mod links;
+mod memfd;
 mod memory;
 mod read_through;
 mod refs;
@@ -45,10 +46,14 @@ pub use tee::Tee;
 use crate::error::Result;
 use crate::ids::Digest;
 
-/// Blob bytes as a store hands them out: in memory, or an open file of a known length.
+pub use memfd::{limit as memfd_limit, Mapped};
+
+/// Blob bytes as a store hands them out: in memory (on the heap, or mapped from a sealed
+/// memfd that can be sent with `sendfile`), or an open file of a known length.
 #[derive(Debug)]
 pub enum BlobData {
     Bytes(Bytes),
+    Mapped(Mapped),
     File(tokio::fs::File, u64),
 }
 
@@ -56,6 +61,7 @@ impl BlobData {
     pub fn len(&self) -> u64 {
         match self {
             BlobData::Bytes(b) => b.len() as u64,
+            BlobData::Mapped(m) => m.bytes.len() as u64,
             BlobData::File(_, n) => *n,
         }
     }
@@ -68,6 +74,7 @@ impl BlobData {
     pub async fn into_bytes(self) -> std::io::Result<Bytes> {
         match self {
             BlobData::Bytes(b) => Ok(b),
+            BlobData::Mapped(m) => Ok(m.bytes),
             BlobData::File(mut f, n) => {
                 use tokio::io::AsyncReadExt;
                 let mut buf = Vec::with_capacity(n as usize);
@@ -194,9 +201,9 @@ impl BlobCache {
     }
 
     pub async fn get(&self, d: &Digest) -> Result<Option<Bytes>> {
-        if let Some(b) = self.memory.get(d).await {
+        if let Some(held) = self.memory.get(d).await {
             crate::metrics::cache_lookup("memory", true);
-            return Ok(Some(b));
+            return Ok(Some(held.bytes().clone()));
         }
         crate::metrics::cache_lookup("memory", false);
         let hit = self.disk.get(d).await?;
@@ -207,12 +214,12 @@ impl BlobCache {
         Ok(hit)
     }
 
-    /// The blob's bytes if the memory tier holds them (counted as a memory hit); a miss is
-    /// not counted, since the caller goes on to `read_near`, which counts it.
-    pub async fn memory_hit(&self, d: &Digest) -> Option<Bytes> {
-        let b = self.memory.get(d).await?;
+    /// The blob if the memory tier holds it (counted as a memory hit); a miss is not
+    /// counted, since the caller goes on to `read_near`, which counts it.
+    pub async fn memory_hit(&self, d: &Digest) -> Option<BlobData> {
+        let held = self.memory.get(d).await?;
         crate::metrics::cache_lookup("memory", true);
-        Some(b)
+        Some(held.into())
     }
 
     /// The blob for serving: small blobs as bytes (promoted to memory), big ones as a file.
@@ -227,9 +234,9 @@ impl BlobCache {
     }
 
     async fn read_from(&self, d: &Digest, near: bool) -> Result<Option<BlobData>> {
-        if let Some(b) = self.memory.get(d).await {
+        if let Some(held) = self.memory.get(d).await {
             crate::metrics::cache_lookup("memory", true);
-            return Ok(Some(BlobData::Bytes(b)));
+            return Ok(Some(held.into()));
         }
         crate::metrics::cache_lookup("memory", false);
         let hit = if near {
@@ -243,7 +250,7 @@ impl BlobCache {
             Some(data) if data.len() <= self.memory.max_item() => data.into_bytes().await?,
             other => return Ok(other),
         };
-        self.memory.insert_verified(d.clone(), b.clone()).await;
+        let b = self.memory.insert_verified(d.clone(), b).await;
         Ok(Some(BlobData::Bytes(b)))
     }
 
@@ -355,10 +362,12 @@ mod conformance_tests {
         let big = Bytes::from(vec![2u8; 2 << 10]);
         m.insert_verified(Digest::of(&small), small.clone()).await;
         m.insert_verified(Digest::of(&big), big.clone()).await;
-        assert_eq!(m.get(&Digest::of(&small)).await, Some(small));
         assert_eq!(
-            m.get(&Digest::of(&big)).await,
-            None,
+            m.get(&Digest::of(&small)).await.map(|h| h.bytes().clone()),
+            Some(small)
+        );
+        assert!(
+            m.get(&Digest::of(&big)).await.is_none(),
             "over 1/16 of the budget"
         );
     }

@@ -344,7 +344,7 @@ impl Cache {
     }
 
     /// A blob's bytes if the memory tier holds them: the warm path's one lookup.
-    pub async fn memory_blob(&self, d: &Digest) -> Option<Bytes> {
+    pub async fn memory_blob(&self, d: &Digest) -> Option<BlobData> {
         self.blobs.memory_hit(d).await
     }
 

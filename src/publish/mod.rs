@@ -572,7 +572,9 @@ async fn blob_body(
         From::Oci(up) => up.blob(&source_repo.parse()?, d, false, None).await?,
     };
     let chunks: futures::stream::BoxStream<'static, std::io::Result<Bytes>> = match data {
-        BlobAnswer::Data(BlobData::Bytes(b)) => {
+        BlobAnswer::Data(
+            BlobData::Bytes(b) | BlobData::Mapped(crate::cache::Mapped { bytes: b, .. }),
+        ) => {
             if b.len() as u64 != size {
                 return Err(Error::upstream_invalid(format!(
                     "blob {d} is {} bytes, its descriptor says {size}",

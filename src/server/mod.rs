@@ -343,8 +343,10 @@ async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<(
     let head = response_head(resp.status, std::mem::take(&mut resp.headers))?;
     session.write_response_header(Box::new(head)).await?;
     match resp.body {
-        Body::Full(b) if b.is_empty() => {}
-        Body::Full(b) => session.write_response_body(b, true).await?,
+        Body::Full(b) | Body::Mapped { bytes: b, .. } if b.is_empty() => {}
+        Body::Full(b) | Body::Mapped { bytes: b, .. } => {
+            session.write_response_body(b, true).await?
+        }
         Body::File {
             mut file,
             offset,
@@ -393,6 +395,9 @@ async fn write(session: &mut ServerSession, resp: Response) -> pingora::Result<(
 async fn write_direct(conn: h1::Plain, resp: &Response) -> Option<pingora::Result<()>> {
     let (bytes, file): (&[u8], _) = match &resp.body {
         Body::Full(b) => (b, None),
+        Body::Mapped { bytes, fd, offset } => {
+            (&[], Some((fd.as_raw_fd(), *offset, bytes.len() as u64)))
+        }
         Body::File { file, offset, len } => (&[], Some((file.as_raw_fd(), *offset, *len))),
         Body::Stream(_) => return None,
     };
@@ -516,9 +521,12 @@ pub fn run(app: App, reload: Option<Reloader>, after: Option<AfterLoad>) -> ! {
     if let Err(e) = reload_on_sighup(app.clone(), reload, after, certs.clone()) {
         tracing::error!(error = %e, "cannot watch SIGHUP; configuration reload is off");
     }
-    // Descriptors beyond connections: cache files, upstream connections, the listeners.
+    // Descriptors beyond connections: cache files, upstream connections, the listeners, and
+    // the memory tier's memfds.
     let open_files = raise_open_files();
-    let ceiling = usize::try_from(open_files.saturating_sub(256).max(64)).unwrap_or(usize::MAX);
+    let memfds = crate::cache::memfd_limit() as u64;
+    let ceiling =
+        usize::try_from(open_files.saturating_sub(256 + memfds).max(64)).unwrap_or(usize::MAX);
     let max = app.limits().max_connections;
     if max > ceiling {
         tracing::warn!(

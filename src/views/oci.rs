@@ -30,6 +30,7 @@ fn chart(repo: &RepoName) -> Result<&str> {
 fn content(data: BlobData) -> Content {
     match data {
         BlobData::Bytes(b) => Content::Bytes(b),
+        BlobData::Mapped(m) => Content::Mapped(m),
         BlobData::File(f, n) => Content::File(f, n),
     }
 }

@@ -254,6 +254,7 @@ async fn write_layout(
                 Payload::Cached(d) => match cache.read_blob(&d).await {
                     Ok(Some(BlobData::File(f, _))) => Ok(Source_::File(f.into_std().await)),
                     Ok(Some(BlobData::Bytes(b))) => Ok(Source_::Bytes(b)),
+                    Ok(Some(BlobData::Mapped(m))) => Ok(Source_::Bytes(m.bytes)),
                     Ok(None) => Err(Error::internal(format!(
                         "{d} left the cache while it was exported"
                     ))),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{body, BlobAnswer, OciUpstream};
-use crate::cache::{BlobData, BlobKey, Streamed};
+use crate::cache::{BlobKey, Streamed};
 use crate::error::{Error, Kind, Result};
 use crate::ids::{ByteRange, Digest, RepoName};
 use crate::upstream::redact;
@@ -22,9 +22,9 @@ impl OciUpstream {
     ) -> Result<BlobAnswer> {
         let up = self.upstream_repo(repo);
         // The warm path: one memory lookup, then the link check.
-        if let Some(bytes) = self.cache.memory_blob(d).await {
+        if let Some(data) = self.cache.memory_blob(d).await {
             self.require_blob_link(&up, d).await?;
-            return Ok(BlobAnswer::Data(BlobData::Bytes(bytes)));
+            return Ok(BlobAnswer::Data(data));
         }
         let cached = self.cache.has_blob(d).await?;
         if cached {
