@@ -142,6 +142,34 @@ fn start_chartbridge(
     log_filter: &str,
     tmpfs: Option<&str>,
 ) -> Proc {
+    // `free_port` gives a port up before chartbridge binds it, so a server of a test running
+    // beside this one can take it first: then chartbridge exits and something else answers.
+    // Only a `/healthz` that answers 200 from our own, still running process counts.
+    for _ in 0..3 {
+        let mut p = spawn_chartbridge(upstreams_yaml, extra, cache_dir, args, log_filter, tmpfs);
+        let ours = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{}/healthz", p.port))
+            .send()
+            .is_ok_and(|r| r.status() == 200);
+        if ours && p.child.try_wait().unwrap().is_none() {
+            return p;
+        }
+        let _ = p.child.kill();
+    }
+    panic!("chartbridge did not start on a port of its own in three tries");
+}
+
+fn spawn_chartbridge(
+    upstreams_yaml: &str,
+    extra: &str,
+    cache_dir: Option<&Path>,
+    args: &[&str],
+    log_filter: &str,
+    tmpfs: Option<&str>,
+) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cache = cache_dir
