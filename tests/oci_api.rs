@@ -113,17 +113,10 @@ fn manifests_and_blobs_carry_the_right_headers_on_get_and_head() {
         h.headers()["content-length"].to_str().unwrap(),
         original.len().to_string()
     );
-    let part = client()
-        .get(&blob_url)
-        .header("Range", "bytes=10-19")
-        .send()
-        .unwrap();
-    assert_eq!(part.status(), 206);
     assert_eq!(
-        part.headers()["content-range"].to_str().unwrap(),
-        format!("bytes 10-19/{}", original.len())
+        get_range(&blob_url, "10-19", original.len()),
+        original[10..20]
     );
-    assert_eq!(part.bytes().unwrap().to_vec(), original[10..20].to_vec());
     let config = m["config"]["digest"].as_str().unwrap();
     let c = get(&format!("{}/v2/up/demo/blobs/{config}", bridge.url()));
     let c: serde_json::Value = c.json().unwrap();

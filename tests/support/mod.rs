@@ -146,12 +146,48 @@ fn start_chartbridge(
     // beside this one can take it first: then chartbridge exits and something else answers.
     // Only a `/healthz` that answers 200 from our own, still running process counts.
     for _ in 0..3 {
-        let mut p = spawn_chartbridge(upstreams_yaml, extra, cache_dir, args, log_filter, tmpfs);
-        let ours = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
-            .get(format!("http://127.0.0.1:{}/healthz", p.port))
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cache = cache_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("cache"));
+        let conf = format!(
+            "listen: 127.0.0.1:{port}\ncache:\n  dir: {}\n{extra}upstreams:\n{upstreams_yaml}",
+            cache.display()
+        );
+        std::fs::write(dir.path().join("config.yaml"), conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let bin = env!("CARGO_BIN_EXE_chartbridge");
+        let mut cmd = match tmpfs {
+            None => Command::new(bin),
+            Some(size) => {
+                std::fs::create_dir_all(&cache).unwrap();
+                let mut c = Command::new("unshare");
+                c.args(["-m", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs -o "size=$1" chartbridge-test "$2" && shift 2 && exec "$@""#)
+                    .arg("sh")
+                    .arg(size)
+                    .arg(&cache)
+                    .arg(bin);
+                c
+            }
+        };
+        let child = cmd
+            .args(args)
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.path().join("config.yaml"))
+            .env("RUST_LOG", log_filter)
+            .env("CB_TEST_S3_KEY", "AK")
+            .env("CB_TEST_S3_SECRET", "SK")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "chartbridge");
+        let mut p = Proc { child, port, dir };
+        let ours = client()
+            .get(format!("http://127.0.0.1:{port}/healthz"))
             .send()
             .is_ok_and(|r| r.status() == 200);
         if ours && p.child.try_wait().unwrap().is_none() {
@@ -160,56 +196,6 @@ fn start_chartbridge(
         let _ = p.child.kill();
     }
     panic!("chartbridge did not start on a port of its own in three tries");
-}
-
-fn spawn_chartbridge(
-    upstreams_yaml: &str,
-    extra: &str,
-    cache_dir: Option<&Path>,
-    args: &[&str],
-    log_filter: &str,
-    tmpfs: Option<&str>,
-) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cache = cache_dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| dir.path().join("cache"));
-    let conf = format!(
-        "listen: 127.0.0.1:{port}\ncache:\n  dir: {}\n{extra}upstreams:\n{upstreams_yaml}",
-        cache.display()
-    );
-    std::fs::write(dir.path().join("config.yaml"), conf).unwrap();
-    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let bin = env!("CARGO_BIN_EXE_chartbridge");
-    let mut cmd = match tmpfs {
-        None => Command::new(bin),
-        Some(size) => {
-            std::fs::create_dir_all(&cache).unwrap();
-            let mut c = Command::new("unshare");
-            c.args(["-m", "sh", "-c"])
-                .arg(r#"mount -t tmpfs -o "size=$1" chartbridge-test "$2" && shift 2 && exec "$@""#)
-                .arg("sh")
-                .arg(size)
-                .arg(&cache)
-                .arg(bin);
-            c
-        }
-    };
-    let child = cmd
-        .args(args)
-        .arg("serve")
-        .arg("--config")
-        .arg(dir.path().join("config.yaml"))
-        .env("RUST_LOG", log_filter)
-        .env("CB_TEST_S3_KEY", "AK")
-        .env("CB_TEST_S3_SECRET", "SK")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "chartbridge");
-    Proc { child, port, dir }
 }
 
 /// A finished command's stdout when it succeeded, else its stderr.
@@ -230,6 +216,27 @@ pub fn client() -> reqwest::blocking::Client {
 
 pub fn get(url: &str) -> reqwest::blocking::Response {
     client().get(url).send().unwrap()
+}
+
+/// A GET of `url` with `Range: bytes=<spec>` (`first-last` or `-suffix`) of a blob of `total`
+/// bytes: asserts `206` and the `Content-Range` the spec means; returns the body.
+pub fn get_range(url: &str, spec: &str, total: usize) -> Vec<u8> {
+    let (first, last) = match spec.split_once('-') {
+        Some(("", n)) => (total - n.parse::<usize>().unwrap(), total - 1),
+        Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+        None => panic!("range spec {spec}"),
+    };
+    let r = client()
+        .get(url)
+        .header("Range", format!("bytes={spec}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206, "Range: bytes={spec}");
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes {first}-{last}/{total}")
+    );
+    r.bytes().unwrap().to_vec()
 }
 
 /// The OCI error code of an error response.
