@@ -34,14 +34,22 @@ impl Mapped {
     /// A sealed copy of `bytes`, or `None` when no memfd is to be had (the limit is reached,
     /// or the system refuses): the caller keeps the heap bytes.
     pub fn copy_of(bytes: &[u8]) -> Option<Mapped> {
-        if bytes.len() < MIN_BYTES || !reserve() {
+        if bytes.len() < MIN_BYTES || REFUSED.load(Ordering::Relaxed) || !reserve() {
             return None;
         }
         match seal(bytes) {
             Ok(m) => Some(m),
             Err(e) => {
                 release();
-                tracing::debug!(error = %e, "blob kept on the heap: no memfd");
+                // Out of descriptors or memory: maybe not next time. Anything else (no
+                // memfd_create, no sealing, a sandbox refusing them): not again.
+                let passing = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+                );
+                if !passing && !REFUSED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "memfds refused: the memory tier keeps every blob on the heap");
+                }
                 None
             }
         }
@@ -124,6 +132,8 @@ impl Drop for Mapping {
 }
 
 static HELD: AtomicUsize = AtomicUsize::new(0);
+/// Set when the system refuses memfds for good.
+static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Most memfds held at once: an eighth of the soft descriptor limit when first asked (the
 /// server asks right after raising it), at most `MAX_FILES`.

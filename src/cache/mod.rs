@@ -217,7 +217,7 @@ impl BlobCache {
     /// The blob if the memory tier holds it (counted as a memory hit); a miss is not
     /// counted, since the caller goes on to `read_near`, which counts it.
     pub async fn memory_hit(&self, d: &Digest) -> Option<BlobData> {
-        let held = self.memory.get(d).await?;
+        let held = self.memory.get_for_sending(d).await?;
         crate::metrics::cache_lookup("memory", true);
         Some(held.into())
     }
@@ -234,7 +234,7 @@ impl BlobCache {
     }
 
     async fn read_from(&self, d: &Digest, near: bool) -> Result<Option<BlobData>> {
-        if let Some(held) = self.memory.get(d).await {
+        if let Some(held) = self.memory.get_for_sending(d).await {
             crate::metrics::cache_lookup("memory", true);
             return Ok(Some(held.into()));
         }
@@ -250,7 +250,7 @@ impl BlobCache {
             Some(data) if data.len() <= self.memory.max_item() => data.into_bytes().await?,
             other => return Ok(other),
         };
-        let b = self.memory.insert_verified(d.clone(), b).await;
+        self.memory.insert_verified(d.clone(), b.clone()).await;
         Ok(Some(BlobData::Bytes(b)))
     }
 
