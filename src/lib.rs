@@ -57,8 +57,9 @@
 //!   repository may name which digest), over the storage traits: `BlobStore` (`DiskStore`,
 //!   content-addressed, LRU, verify-on-read, a small blob read from the page cache without a
 //!   hop to the blocking pool (`disk::read`); the memory tier in front, which moves blobs of
-//!   16 KiB and more served from it again into sealed memfds (`cache::memfd`) for `sendfile`) and `RefStore`
-//!   (`DiskRefs`, small named values listed by prefix), each with a conformance test; and
+//!   16 KiB and more served from it again into sealed memfds (`cache::memfd`) for
+//!   `sendfile`) and `RefStore` (`DiskRefs`, small named values listed by prefix), each with
+//!   a conformance test; and
 //!   `bucket`, the same two traits on a shared S3-compatible bucket (`BucketStore` with the
 //!   disk as its local tier, `BucketRefs`), with the cross-replica claim on cold blobs
 //!   (`BlobStore::claim`) that the read-through cache asks before any upstream fetch.
