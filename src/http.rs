@@ -382,12 +382,9 @@ pub fn data_response(
             req.is_head(),
         ),
         Content::Mapped(m) => {
-            let mut resp = resp.with_body(
-                content_type,
-                m.bytes.slice(start as usize..end as usize),
-                req.is_head(),
-            );
-            if let Body::Full(bytes) = std::mem::replace(&mut resp.body, Body::Full(Bytes::new())) {
+            let bytes = m.bytes.slice(start as usize..end as usize);
+            let mut resp = resp.with_body(content_type, bytes.clone(), req.is_head());
+            if !req.is_head() {
                 resp.body = Body::Mapped {
                     bytes,
                     fd: m.fd,

@@ -297,21 +297,11 @@ fn a_warm_layer_from_memory_is_served_whole_by_range_and_by_head() {
     let reg = registry();
     let layouts = tempfile::tempdir().unwrap();
     let dir = layouts.path().join("l");
-    make_image_layout(&dir, "v1.0.0", 60_000, 3);
+    let index = make_image_layout(&dir, "v1.0.0", 60_000, 3);
     push_layout(&dir, "v1.0.0", &reg, "test/mid");
     let bridge = chartbridge(&oci_upstream("reg", &reg.url(), ""));
     let b = bridge.url();
-    let (_, index) = manifest_raw(&format!("{b}/v2/reg/test/mid/manifests/v1.0.0"));
-    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
-    let platform = index["manifests"][0]["digest"].as_str().unwrap();
-    let (_, m) = manifest_raw(&format!("{b}/v2/reg/test/mid/manifests/{platform}"));
-    let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
-    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
-    let expected = std::fs::read(
-        dir.join("blobs/sha256")
-            .join(layer.trim_start_matches("sha256:")),
-    )
-    .unwrap();
+    let (layer, expected) = first_layer(&dir, &index);
     assert!(expected.len() > 16 << 10, "big enough for a memfd");
     let url = format!("{b}/v2/reg/test/mid/blobs/{layer}");
     // cold, then warm (from memory) three times

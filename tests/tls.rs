@@ -196,7 +196,7 @@ fn helm_skopeo_containerd_and_curl_over_tls() {
     let web = nginx(repo.dir.path());
     let reg = registry();
     let layouts = tempfile::tempdir().unwrap();
-    make_image_layout(&layouts.path().join("l"), "v1.0.0", 100_000, 5);
+    let index = make_image_layout(&layouts.path().join("l"), "v1.0.0", 100_000, 5);
     push_layout(&layouts.path().join("l"), "v1.0.0", &reg, "test/app");
     let port = free_port();
     let bridge = chartbridge_with(
@@ -369,36 +369,7 @@ fn helm_skopeo_containerd_and_curl_over_tls() {
     assert_eq!(o.stdout, expected, "an archive over HTTP/2");
     // a warm layer from the memory tier (held in a memfd; sent as bytes over TLS), whole and
     // by range, over HTTP/2 and HTTP/1.1
-    let index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            layouts
-                .path()
-                .join("l/blobs/sha256")
-                .join(skopeo_index_hex(&layouts.path().join("l"))),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let platform: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            layouts.path().join("l/blobs/sha256").join(
-                index["manifests"][0]["digest"]
-                    .as_str()
-                    .unwrap()
-                    .trim_start_matches("sha256:"),
-            ),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let layer = platform["layers"][0]["digest"].as_str().unwrap();
-    let layer_bytes = std::fs::read(
-        layouts
-            .path()
-            .join("l/blobs/sha256")
-            .join(layer.trim_start_matches("sha256:")),
-    )
-    .unwrap();
+    let (layer, layer_bytes) = first_layer(&layouts.path().join("l"), &index);
     for flag in ["--http2", "--http1.1"] {
         let url = format!("https://{host}/v2/reg/test/app/blobs/{layer}");
         let o = curl(&[flag, "--cacert", ca_s, &url]);
@@ -670,15 +641,4 @@ fn a_configuration_with_a_bad_certificate_is_refused_at_start() {
         err.contains("listen_tls.cert_file") && err.contains("do not make a pair"),
         "{err}"
     );
-}
-
-/// The hex digest of the image index an OCI layout's `index.json` names.
-fn skopeo_index_hex(layout: &Path) -> String {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    v["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string()
 }

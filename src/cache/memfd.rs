@@ -12,7 +12,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -133,7 +133,7 @@ impl Drop for Mapping {
 
 static HELD: AtomicUsize = AtomicUsize::new(0);
 /// Set when the system refuses memfds for good.
-static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Most memfds held at once: an eighth of the soft descriptor limit when first asked (the
 /// server asks right after raising it), at most `MAX_FILES`.

@@ -30,6 +30,29 @@ pub fn push_layout(layout: &Path, tag: &str, reg: &Proc, repo: &str) {
     .unwrap();
 }
 
+/// The first platform's first layer of a layout `make_image_layout` built, whose index is
+/// `index` (the digest it returned): the layer's digest and bytes.
+pub fn first_layer(dir: &Path, index: &str) -> (String, Vec<u8>) {
+    let blob = |d: &str| {
+        std::fs::read(
+            dir.join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let json = |d: &str| serde_json::from_slice::<serde_json::Value>(&blob(d)).unwrap();
+    let platform = json(index)["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layer = json(&platform)["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = blob(&layer);
+    (layer, bytes)
+}
+
 /// Builds a multi-arch OCI image layout (amd64 + arm64, one layer each of `layer_bytes`
 /// incompressible bytes) tagged `tag`, returning the index manifest's digest.
 pub fn make_image_layout(dir: &Path, tag: &str, layer_bytes: usize, seed: u64) -> String {
