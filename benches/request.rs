@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the steps every warm request pays, as the load run's profile found them
 //! (`benches/RESULTS.md`): the whole request path without sockets (`App::handle` for a warm
-//! blob, a warm manifest by tag of a registry upstream, and a request that fails at the
-//! route), the response head as pingora gets it, the
+//! blob, a warm manifest by tag of a registry upstream and of a helm upstream, and a request
+//! that fails at the route), the response head as pingora gets it, the
 //! per-repository link check, and digest text. A regression here shows in `cargo bench` before
 //! it shows in a load run. Run with `cargo bench --bench request`.
 
@@ -21,10 +21,13 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // The upstream is never asked: the blob is stored and linked before the first request.
+    // The registry upstream is never asked: the blob is stored and linked before the first
+    // request. The helm upstream answers the first manifest request (index and archive),
+    // then is not asked again within its `index_ttl`.
+    let helm_port = serve_chart_repository();
     let cfg = Config::from_yaml(
         &format!(
-            "listen: 127.0.0.1:0\ncache:\n  dir: {}\nupstreams:\n  - name: reg\n    kind: oci\n    url: http://127.0.0.1:9\n",
+            "listen: 127.0.0.1:0\ncache:\n  dir: {}\nupstreams:\n  - name: reg\n    kind: oci\n    url: http://127.0.0.1:9\n  - name: h\n    kind: helm\n    url: http://127.0.0.1:{helm_port}\n    index_ttl: 1h\n",
             dir.path().display()
         ),
         "bench",
@@ -76,6 +79,12 @@ fn benches(c: &mut Criterion) {
     c.bench_function("handle_warm_manifest_by_tag", |b| {
         b.iter(|| rt.block_on(app.handle(black_box(&by_tag))))
     });
+    let helm_by_tag = get("/v2/h/demo/manifests/0.1.0".into());
+    let resp = rt.block_on(app.handle(&helm_by_tag));
+    assert_eq!(resp.status, 200, "the helm upstream's chart, as OCI");
+    c.bench_function("handle_warm_helm_manifest_by_tag", |b| {
+        b.iter(|| rt.block_on(app.handle(black_box(&helm_by_tag))))
+    });
     let bad = get("/v2/reg/bench/blobs/blobs/sha256:nothex".into());
     c.bench_function("handle_invalid_digest", |b| {
         b.iter(|| rt.block_on(app.handle(black_box(&bad))))
@@ -102,6 +111,61 @@ fn benches(c: &mut Criterion) {
         b.iter(|| rt.block_on(app.cache().links().has("reg", "bench/blobs", black_box(&d))))
     });
     c.bench_function("digest_etag", |b| b.iter(|| black_box(&d).etag()));
+}
+
+/// A chart repository with one chart, `demo` 0.1.0, on a thread of its own: a static server
+/// only the first manifest request asks (a benchmark's fixture, not a test of upstreams).
+fn serve_chart_repository() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let tgz = {
+        let chart = b"apiVersion: v2\nname: demo\nversion: 0.1.0\n";
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(chart.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "demo/Chart.yaml", &chart[..])
+            .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap()
+    };
+    let index = format!(
+        "apiVersion: v1\nentries:\n  demo:\n  - apiVersion: v2\n    name: demo\n    version: 0.1.0\n    digest: {}\n    created: \"2024-01-01T00:00:00Z\"\n    urls:\n    - demo-0.1.0.tgz\ngenerated: \"2024-01-01T00:00:00Z\"\n",
+        Digest::of(&tgz).hex()
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut first = String::new();
+            let mut reader = BufReader::new(&conn);
+            let _ = reader.read_line(&mut first);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body: &[u8] = if first.contains("/index.yaml") {
+                index.as_bytes()
+            } else if first.contains("/demo-0.1.0.tgz") {
+                &tgz
+            } else {
+                b""
+            };
+            let status = if body.is_empty() {
+                "404 Not Found"
+            } else {
+                "200 OK"
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body);
+        }
+    });
+    port
 }
 
 criterion_group!(request, benches);

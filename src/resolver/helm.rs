@@ -39,9 +39,9 @@ pub struct IndexContent {
     /// Each chart's tag list, computed on first use (a busy tags/list would otherwise parse
     /// and sort every version on every request).
     tag_lists: Mutex<HashMap<String, Arc<Vec<String>>>>,
-    /// Manifests already served for (chart, tag) from this content (and linked), so a warm
-    /// manifest by tag is one lookup; bounded by `MANIFEST_MEMO`.
-    manifests: Mutex<HashMap<(String, String), TagManifest>>,
+    /// Manifests already served by chart and tag from this content (and linked), so a warm
+    /// manifest by tag is one lookup, without building a key; bounded by `MANIFEST_MEMO`.
+    manifests: Mutex<ManifestMemo>,
     /// Heap bytes held, counted against `cache.max_index_memory_bytes`.
     heap: u64,
 }
@@ -124,6 +124,30 @@ pub struct TagManifest {
     pub synthesized_latest: bool,
 }
 
+/// `IndexContent::manifests`: chart -> tag -> manifest, emptied when it reaches
+/// `MANIFEST_MEMO` entries.
+#[derive(Default)]
+pub struct ManifestMemo {
+    by_chart: HashMap<String, HashMap<String, TagManifest>>,
+    len: usize,
+}
+
+impl ManifestMemo {
+    fn get(&self, chart: &str, tag: &Tag) -> Option<TagManifest> {
+        self.by_chart.get(chart)?.get(tag.as_str()).cloned()
+    }
+
+    fn insert(&mut self, chart: &str, tag: &Tag, m: TagManifest) {
+        if self.len >= MANIFEST_MEMO {
+            *self = ManifestMemo::default();
+        }
+        let tags = self.by_chart.entry(chart.to_string()).or_default();
+        if tags.insert(tag.as_str().to_string(), m).is_none() {
+            self.len += 1;
+        }
+    }
+}
+
 /// What the index says a tag resolves to.
 pub struct Resolved {
     pub version: String,
@@ -139,9 +163,10 @@ pub struct HelmUpstream {
     /// Where releases before the cache kept refs kept this upstream's last good index; read
     /// once, when nothing newer is known.
     legacy_index: PathBuf,
-    /// The part of `content_key` that is the same for every index version (built once: the
-    /// key is asked for on every request).
+    /// The part of `content_key` that is the same for every index version, and the name of
+    /// the index's metadata (both built once: they are asked for on every request).
     content_prefix: String,
+    meta_name: RefName,
 }
 
 impl HelmUpstream {
@@ -161,6 +186,7 @@ impl HelmUpstream {
         );
         Ok(HelmUpstream {
             content_prefix,
+            meta_name: RefName::new(["index", config.name.as_str()]),
             legacy_index: stores
                 .dir
                 .join("indexes")
@@ -547,9 +573,13 @@ impl HelmUpstream {
         chart: &str,
         tag: &Tag,
     ) -> Result<TagManifest> {
-        let key = (chart.to_string(), tag.as_str().to_string());
-        if let Some(m) = state.manifests.lock().expect("manifest memo").get(&key) {
-            return Ok(m.clone());
+        if let Some(m) = state
+            .manifests
+            .lock()
+            .expect("manifest memo")
+            .get(chart, tag)
+        {
+            return Ok(m);
         }
         let resolved = Self::resolve(state, chart, tag, self.config.float)?;
         let at = self.locate(state, chart, &resolved.version)?;
@@ -558,10 +588,7 @@ impl HelmUpstream {
             synthesized_latest: resolved.synthesized_latest,
         };
         let mut memo = state.manifests.lock().expect("manifest memo");
-        if memo.len() >= MANIFEST_MEMO {
-            memo.clear();
-        }
-        memo.insert(key, m.clone());
+        memo.insert(chart, tag, m.clone());
         Ok(m)
     }
 

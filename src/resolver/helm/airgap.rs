@@ -67,7 +67,7 @@ impl HelmUpstream {
             last_modified: None,
         };
         self.cache.refs().put(&self.raw_name(), raw.clone()).await?;
-        self.cache.put_value(&self.meta_name(), meta.encode()).await;
+        self.cache.put_value(self.meta_name(), meta.encode()).await;
         let heap = content.heap;
         self.cache
             .put_derived(self.content_key(&meta), content.clone(), heap);

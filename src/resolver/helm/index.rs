@@ -4,8 +4,8 @@
 use super::*;
 
 impl HelmUpstream {
-    pub(super) fn meta_name(&self) -> RefName {
-        RefName::new(["index", self.name()])
+    pub(super) fn meta_name(&self) -> &RefName {
+        &self.meta_name
     }
 
     pub(super) fn raw_name(&self) -> RefName {
@@ -19,7 +19,7 @@ impl HelmUpstream {
         let meta = self
             .cache
             .value_as(
-                &self.meta_name(),
+                self.meta_name(),
                 Freshness::for_(self.config.index_ttl, "index"),
                 IndexMeta::decode,
                 move |known| async move { this.refresh(known).await },
@@ -42,10 +42,10 @@ impl HelmUpstream {
     /// What the catalog page may show of the index without asking the upstream: the content
     /// known here (from memory, or parsed from the copy on disk) and how fresh it is.
     pub async fn peek_index(self: &Arc<Self>) -> IndexPeek {
-        let state = self.cache.value_state(&self.meta_name()).await;
+        let state = self.cache.value_state(self.meta_name()).await;
         let meta = self
             .cache
-            .known_value(&self.meta_name())
+            .known_value(self.meta_name())
             .await
             .and_then(|b| IndexMeta::decode(&b).ok());
         let content = match meta {
@@ -203,7 +203,7 @@ impl HelmUpstream {
             .ok()?;
         self.cache
             .refs()
-            .put(&self.meta_name(), meta.encode())
+            .put(self.meta_name(), meta.encode())
             .await
             .ok()?;
         let _ = tokio::fs::remove_file(&self.legacy_index).await;

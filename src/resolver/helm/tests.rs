@@ -176,3 +176,37 @@ async fn an_index_without_a_last_good_copy_fails_clearly_and_recovers() {
     let ok = h.index().await.unwrap();
     assert_eq!((versions(&ok), ok.stale), (vec!["1.0.0".into()], false));
 }
+
+/// The manifest memo finds a manifest by chart and tag without building a key, counts a
+/// replaced entry once, and empties itself at its bound.
+#[test]
+fn the_manifest_memo_finds_by_chart_and_tag_and_empties_at_its_bound() {
+    let m = |n: u8| TagManifest {
+        manifest: ServedManifest {
+            bytes: Bytes::from(vec![n]),
+            digest: Digest::of(&[n]),
+            media_type: OCI_MANIFEST.into(),
+        },
+        synthesized_latest: false,
+    };
+    let tag = |s: &str| s.parse::<Tag>().unwrap();
+    let mut memo = ManifestMemo::default();
+    memo.insert("a", &tag("1.0.0"), m(1));
+    memo.insert("b", &tag("1.0.0"), m(2));
+    memo.insert("a", &tag("1.0.0"), m(3));
+    assert_eq!(memo.len, 2, "a replaced entry counts once");
+    let got = memo
+        .get("a", &tag("1.0.0"))
+        .expect("found by chart and tag");
+    assert_eq!(got.manifest.bytes, Bytes::from(vec![3]));
+    assert!(memo.get("a", &tag("2.0.0")).is_none());
+    assert!(memo.get("c", &tag("1.0.0")).is_none());
+    for i in 0..MANIFEST_MEMO {
+        memo.insert("c", &tag(&format!("{i}.0.0")), m(4));
+    }
+    assert!(memo.len <= MANIFEST_MEMO, "{}", memo.len);
+    assert!(
+        memo.get("a", &tag("1.0.0")).is_none(),
+        "emptied at its bound"
+    );
+}
