@@ -330,6 +330,49 @@ fn a_warm_layer_from_memory_is_served_whole_by_range_and_by_head() {
     }
 }
 
+/// Past its bound (an eighth of the open-file limit: 16 with 128 descriptors), the memory
+/// tier keeps blobs on the heap: 20 warm layers are all served right, whole and by range,
+/// while the process never holds more memfds than the bound.
+#[test]
+fn past_the_memfd_bound_warm_layers_stay_on_the_heap_and_are_served() {
+    let reg = registry();
+    let layouts = tempfile::tempdir().unwrap();
+    let mut layers = Vec::new();
+    for seed in 0..10u64 {
+        let dir = layouts.path().join(format!("l{seed}"));
+        let index = make_image_layout(&dir, "v1.0.0", 20_000 + seed as usize, 100 + seed);
+        push_layout(&dir, "v1.0.0", &reg, &format!("test/many{seed}"));
+        for (d, bytes) in all_layers(&dir, &index) {
+            layers.push((format!("test/many{seed}"), d, bytes));
+        }
+    }
+    assert_eq!(layers.len(), 20);
+    let bridge = chartbridge_with_open_files(&oci_upstream("reg", &reg.url(), ""), 128);
+    let b = bridge.url();
+    let memfds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", bridge.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy().contains("memfd:chartbridge-blob"))
+            .count()
+    };
+    // cold, then from memory: the second hit moves a blob into a memfd while the bound allows
+    for round in 0..3 {
+        for (repo, d, expected) in &layers {
+            let r = get(&format!("{b}/v2/reg/{repo}/blobs/{d}"));
+            assert_eq!(r.status(), 200);
+            assert_eq!(&r.bytes().unwrap().to_vec(), expected, "{d}, round {round}");
+        }
+    }
+    assert_eq!(memfds(), 16, "as many memfds as the bound, no more");
+    for (repo, d, expected) in &layers {
+        let url = format!("{b}/v2/reg/{repo}/blobs/{d}");
+        let n = expected.len();
+        assert_eq!(get_range(&url, "100-17099", n), expected[100..17100]);
+    }
+    assert_eq!(memfds(), 16);
+}
+
 /// OCI-hosted charts as a classic Helm repository: per chart repository and for the whole
 /// upstream (from the registry's catalog), with real `helm repo add`, `search repo`, `pull` and
 /// `dependency update`.

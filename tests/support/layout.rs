@@ -33,6 +33,11 @@ pub fn push_layout(layout: &Path, tag: &str, reg: &Proc, repo: &str) {
 /// The first platform's first layer of a layout `make_image_layout` built, whose index is
 /// `index` (the digest it returned): the layer's digest and bytes.
 pub fn first_layer(dir: &Path, index: &str) -> (String, Vec<u8>) {
+    all_layers(dir, index).swap_remove(0)
+}
+
+/// Every layer of every platform of the image whose index is `index`, with its bytes.
+pub fn all_layers(dir: &Path, index: &str) -> Vec<(String, Vec<u8>)> {
     let blob = |d: &str| {
         std::fs::read(
             dir.join("blobs/sha256")
@@ -41,16 +46,16 @@ pub fn first_layer(dir: &Path, index: &str) -> (String, Vec<u8>) {
         .unwrap()
     };
     let json = |d: &str| serde_json::from_slice::<serde_json::Value>(&blob(d)).unwrap();
-    let platform = json(index)["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let layer = json(&platform)["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let bytes = blob(&layer);
-    (layer, bytes)
+    let mut out = Vec::new();
+    for m in json(index)["manifests"].as_array().unwrap() {
+        let platform = json(m["digest"].as_str().unwrap());
+        for l in platform["layers"].as_array().unwrap() {
+            let d = l["digest"].as_str().unwrap().to_string();
+            let bytes = blob(&d);
+            out.push((d, bytes));
+        }
+    }
+    out
 }
 
 /// Builds a multi-arch OCI image layout (amd64 + arm64, one layer each of `layer_bytes`

@@ -124,14 +124,36 @@ pub fn chartbridge_full(
     args: &[&str],
     log_filter: &str,
 ) -> Proc {
-    start_chartbridge(upstreams_yaml, extra, cache_dir, args, log_filter, None)
+    start_chartbridge(
+        upstreams_yaml,
+        extra,
+        cache_dir,
+        args,
+        log_filter,
+        Wrap::None,
+    )
 }
 
 /// As `chartbridge`, with its cache on a tmpfs of `size` (such as "1m") mounted in a mount
 /// namespace of its own, so the disk really fills up (ENOSPC). Needs root, as tests here and
 /// on CI run. The process sees the tmpfs; look at it through `Proc::cache_view`.
 pub fn chartbridge_on_tmpfs(upstreams_yaml: &str, size: &str) -> Proc {
-    start_chartbridge(upstreams_yaml, "", None, &[], "warn", Some(size))
+    start_chartbridge(upstreams_yaml, "", None, &[], "warn", Wrap::Tmpfs(size))
+}
+
+/// As `chartbridge`, with the open-file limit (soft and hard) set to `n` by `prlimit`, so the
+/// limits derived from it (connections, memfds) are small enough to reach in a test.
+pub fn chartbridge_with_open_files(upstreams_yaml: &str, n: u32) -> Proc {
+    start_chartbridge(upstreams_yaml, "", None, &[], "warn", Wrap::OpenFiles(n))
+}
+
+/// What the chartbridge under test runs inside.
+enum Wrap<'a> {
+    None,
+    /// its cache on a tmpfs of this size, in a mount namespace of its own
+    Tmpfs(&'a str),
+    /// this open-file limit
+    OpenFiles(u32),
 }
 
 fn start_chartbridge(
@@ -140,7 +162,7 @@ fn start_chartbridge(
     cache_dir: Option<&Path>,
     args: &[&str],
     log_filter: &str,
-    tmpfs: Option<&str>,
+    wrap: Wrap,
 ) -> Proc {
     // `free_port` gives a port up before chartbridge binds it, so a server of a test running
     // beside this one can take it first: then chartbridge exits and something else answers.
@@ -158,9 +180,14 @@ fn start_chartbridge(
         std::fs::write(dir.path().join("config.yaml"), conf).unwrap();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let bin = env!("CARGO_BIN_EXE_chartbridge");
-        let mut cmd = match tmpfs {
-            None => Command::new(bin),
-            Some(size) => {
+        let mut cmd = match wrap {
+            Wrap::None => Command::new(bin),
+            Wrap::OpenFiles(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+            Wrap::Tmpfs(size) => {
                 std::fs::create_dir_all(&cache).unwrap();
                 let mut c = Command::new("unshare");
                 c.args(["-m", "sh", "-c"])
