@@ -40,7 +40,8 @@
 //!   `Stores` hands them the shared cache (and the registry upstreams' shared tag memo).
 //!   `resolver::helm`: a legacy index.yaml upstream (the index revalidated after `index_ttl`,
 //!   tag -> version and the index entry resolved once per request as `Located`, verified
-//!   archives, synthesised manifests). `resolver::oci`: a
+//!   archives, synthesised manifests; a warm manifest by tag answered from the index
+//!   content's `resolver::helm::memo`). `resolver::oci`: a
 //!   registry upstream (byte-exact manifests, tag -> digest, blobs and manifests by digest for
 //!   the repositories that hold them, `latest`; a warm manifest by tag answered from
 //!   `resolver::oci::tag_memo` until the tag is due for revalidation), and

@@ -26,6 +26,7 @@ use crate::convert::version::{self, Float};
 use crate::error::{digest_mismatch, Error, Kind, Result};
 use crate::ids::{Digest, Tag};
 use crate::upstream::{redact, Fetch, Registry, UpstreamClient, Validators, MANIFEST_ACCEPT};
+use memo::ManifestMemo;
 
 /// One parsed index and what is derived from it. The full parsed index is not kept: only the
 /// bytes the mirror serves and the compact entries serving needs.
@@ -122,30 +123,6 @@ const MANIFEST_MEMO: usize = 4096;
 pub struct TagManifest {
     pub manifest: ServedManifest,
     pub synthesized_latest: bool,
-}
-
-/// `IndexContent::manifests`: chart -> tag -> manifest, emptied when it reaches
-/// `MANIFEST_MEMO` entries.
-#[derive(Default)]
-pub struct ManifestMemo {
-    by_chart: HashMap<String, HashMap<String, TagManifest>>,
-    len: usize,
-}
-
-impl ManifestMemo {
-    fn get(&self, chart: &str, tag: &Tag) -> Option<TagManifest> {
-        self.by_chart.get(chart)?.get(tag.as_str()).cloned()
-    }
-
-    fn insert(&mut self, chart: &str, tag: &Tag, m: TagManifest) {
-        if self.len >= MANIFEST_MEMO {
-            *self = ManifestMemo::default();
-        }
-        let tags = self.by_chart.entry(chart.to_string()).or_default();
-        if tags.insert(tag.as_str().to_string(), m).is_none() {
-            self.len += 1;
-        }
-    }
 }
 
 /// What the index says a tag resolves to.
@@ -693,6 +670,6 @@ fn redact_str(url: &str) -> String {
 
 mod airgap;
 mod index;
-
+mod memo;
 #[cfg(test)]
 mod tests;
