@@ -375,38 +375,28 @@ pub fn data_response(
             None => return error_response(&Error::range_not_satisfiable(len), Api::Plain),
         },
     };
-    match data {
-        Content::Bytes(b) => resp.with_body(
-            content_type,
-            b.slice(start as usize..end as usize),
-            req.is_head(),
-        ),
-        Content::Mapped(m) => {
-            let bytes = m.bytes.slice(start as usize..end as usize);
-            let mut resp = resp.with_body(content_type, bytes.clone(), req.is_head());
-            if !req.is_head() {
-                resp.body = Body::Mapped {
-                    bytes,
-                    fd: m.fd,
-                    offset: start,
-                };
-            }
-            resp
-        }
-        Content::File(file, _) => {
-            resp = resp
-                .header("Content-Type", content_type)
-                .header("Content-Length", (end - start).to_string());
-            if !req.is_head() {
-                resp.body = Body::File {
-                    file,
-                    offset: start,
-                    len: end - start,
-                };
-            }
-            resp
-        }
+    // the part sent: all of it, or the range
+    let part = end - start;
+    let body = match data {
+        Content::Bytes(b) => Body::Full(b.slice(start as usize..end as usize)),
+        Content::Mapped(m) => Body::Mapped {
+            bytes: m.bytes.slice(start as usize..end as usize),
+            fd: m.fd,
+            offset: start,
+        },
+        Content::File(file, _) => Body::File {
+            file,
+            offset: start,
+            len: part,
+        },
+    };
+    resp = resp
+        .header("Content-Type", content_type)
+        .header("Content-Length", part.to_string());
+    if !req.is_head() {
+        resp.body = body;
     }
+    resp
 }
 
 #[cfg(test)]
