@@ -239,18 +239,17 @@ impl App {
             };
             let took = start.elapsed();
             crate::metrics::request(kind, &req.method, resp.status, bytes, took);
-            tracing::info!(
-                target: "access",
-                method = %req.method,
-                path = %req.path,
-                status = resp.status,
-                request_id = %request_id,
+            crate::access_log::log(&crate::access_log::Line {
+                method: &req.method,
+                path: &req.path,
+                status: resp.status,
+                request_id: &request_id,
                 bytes,
-                ms = took.as_millis() as u64,
-                cache = if resp.stale { "stale" } else { notes.cache },
-                upstream = notes.upstream,
-                error = error.as_ref().map(|e| e.message()),
-            );
+                ms: took.as_millis() as u64,
+                cache: if resp.stale { "stale" } else { notes.cache },
+                upstream: notes.upstream,
+                error: error.as_ref().map(|e| e.message()),
+            });
         }
         resp
     }

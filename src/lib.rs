@@ -28,6 +28,9 @@
 //! - `route`: method + path + query -> `Route`. Handlers never split strings.
 //! - `access`: downstream access control per upstream (htpasswd bcrypt on the blocking pool,
 //!   bearer tokens), and the `Throttle` that bounds bcrypt and backs off failing addresses.
+//! - `access_log`: the access-log line `app` hands over; in text format to a file or pipe it is
+//!   formatted by hand and written with one `write(2)`, the same bytes `tracing`'s formatter
+//!   writes (tested against it); JSON and a terminal go through `tracing`.
 //! - `http`: the request and response types with their own body types, Range handling, and
 //!   `error_response`, the one place that maps a domain `error::Error` to an HTTP status and
 //!   OCI error JSON or plain text.
@@ -95,6 +98,7 @@
 //! so replicas and bundles agree without coordination.
 
 pub mod access;
+pub mod access_log;
 pub mod airgap;
 pub mod app;
 pub mod cache;

@@ -143,11 +143,17 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal: a log file or collector gets plain lines, and the access log
     // does not pay for escape codes on every request.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+        .with_ansi(terminal);
     match cli.log_format {
-        LogFormat::Text => logs.init(),
+        LogFormat::Text => {
+            logs.init();
+            if !terminal {
+                chartbridge::access_log::write_by_hand();
+            }
+        }
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,5 +1,6 @@
 //! What operators rely on: Prometheus metrics that move with traffic, health endpoints that are
-//! not counted as traffic, a separate metrics listener, and one JSON access-log line per request.
+//! not counted as traffic, a separate metrics listener, and one access-log line per request (JSON
+//! and text).
 
 use crate::support::*;
 
@@ -145,6 +146,66 @@ fn metrics_move_with_a_pull_and_health_is_not_traffic() {
     assert!(
         !lines.iter().any(|v| v["path"] == "/healthz"),
         "health is not logged as traffic"
+    );
+}
+
+/// The text access log (the default format; written by hand when stdout is not a terminal):
+/// one whole line per request in `tracing`'s text layout, also under concurrent requests, with
+/// an error's message quoted and escaped.
+#[test]
+fn text_access_log_has_one_whole_line_per_request() {
+    let repo = ChartRepo::new(&[("demo", "0.1.0")]);
+    repo.index(None);
+    let web = nginx(repo.dir.path());
+    let bridge = chartbridge_full(
+        &helm_upstream("up", &web.url()),
+        "",
+        None,
+        &[],
+        "error,access=info",
+    );
+    let u = bridge.url();
+    assert_eq!(
+        get(&format!("{u}/v2/up/demo/manifests/0.1.0")).status(),
+        200
+    );
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..25 {
+                    assert_eq!(
+                        get(&format!("{u}/v2/up/demo/manifests/0.1.0")).status(),
+                        200
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(get(&format!("{u}/v2/a%22b/tags/list")).status(), 400);
+    assert_eq!(get(&format!("{u}/healthz")).status(), 200);
+
+    let log = std::fs::read_to_string(bridge.dir.path().join("server.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 102, "{log}");
+    let shape = |l: &str, path: &str, status: &str| {
+        // 2026-11-29T05:31:08.884633Z  INFO access: method=GET path=... status=...
+        let (stamp, rest) = l.split_at(27);
+        assert!(
+            stamp.len() == 27 && stamp.as_bytes()[10] == b'T' && stamp.ends_with('Z'),
+            "{l}"
+        );
+        let want = format!("  INFO access: method=GET path={path} status={status} request_id=");
+        assert!(rest.starts_with(&want), "{l}");
+    };
+    for l in &lines[..101] {
+        shape(l, "/v2/up/demo/manifests/0.1.0", "200");
+        assert!(l.contains(" upstream=\"up\""), "{l}");
+    }
+    let bad = lines[101];
+    shape(bad, "/v2/a%22b/tags/list", "400");
+    assert!(
+        bad.ends_with(r#"upstream="-" error="invalid repository name \"a%22b\"""#),
+        "{bad}"
     );
 }
 
