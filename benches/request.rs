@@ -2,7 +2,8 @@
 //! (`benches/RESULTS.md`): the whole request path without sockets (`App::handle` for a warm
 //! blob, a warm manifest by tag of a registry upstream and of a helm upstream, and a request
 //! that fails at the route), the response head as pingora gets it, the
-//! per-repository link check, and digest text. A regression here shows in `cargo bench` before
+//! per-repository link check, digest text, and the access-log line (by hand and through
+//! tracing). A regression here shows in `cargo bench` before
 //! it shows in a load run. Run with `cargo bench --bench request`.
 
 use std::borrow::Cow;
@@ -111,6 +112,39 @@ fn benches(c: &mut Criterion) {
         b.iter(|| rt.block_on(app.cache().links().has("reg", "bench/blobs", black_box(&d))))
     });
     c.bench_function("digest_etag", |b| b.iter(|| black_box(&d).etag()));
+
+    // The access-log line: by hand (what a text log to a file costs per request) against the
+    // same event through tracing's text formatter; both write to nothing.
+    let line = chartbridge::access_log::Line {
+        method: "GET",
+        path: "/v2/reg/bench/blobs/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        status: 200,
+        request_id: "0123456789abcdef01234567",
+        bytes: 5120,
+        ms: 0,
+        cache: "memory",
+        upstream: "reg",
+        error: None,
+    };
+    let mut render = chartbridge::access_log::Render::default();
+    c.bench_function("access_log_line_by_hand", |b| {
+        b.iter(|| {
+            black_box(
+                render
+                    .render(black_box(&line), std::time::SystemTime::now())
+                    .len(),
+            )
+        })
+    });
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("error,access=info"))
+        .with_ansi(false)
+        .with_writer(std::io::sink)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    c.bench_function("access_log_line_through_tracing", |b| {
+        b.iter(|| chartbridge::access_log::through_tracing(black_box(&line)))
+    });
 }
 
 /// A chart repository with one chart, `demo` 0.1.0, on a thread of its own: a static server

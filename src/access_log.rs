@@ -43,23 +43,38 @@ pub fn log(line: &Line) {
         return through_tracing(line);
     }
     thread_local! {
-        static BUF: RefCell<(String, Clock)> = RefCell::new((String::with_capacity(256), Clock::default()));
+        static LINE: RefCell<Render> = RefCell::new(Render::default());
     }
-    BUF.with(|b| {
-        let Ok(mut b) = b.try_borrow_mut() else {
+    LINE.with(|r| {
+        let Ok(mut r) = r.try_borrow_mut() else {
             return through_tracing(line);
         };
-        let (buf, clock) = &mut *b;
-        buf.clear();
-        clock.write(buf, SystemTime::now());
-        text(buf, line);
+        let text = r.render(line, SystemTime::now());
         // Errors are dropped, as `tracing_subscriber` drops them: a full disk must not fail
         // requests. The lock keeps the line whole beside `tracing`'s own lines.
-        let _ = std::io::stdout().lock().write_all(buf.as_bytes());
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
     });
 }
 
-fn through_tracing(line: &Line) {
+/// A reusable buffer that renders lines by hand (one per thread in `log`).
+#[derive(Default)]
+pub struct Render {
+    buf: String,
+    clock: Clock,
+}
+
+impl Render {
+    /// `line` at `now`, newline included, as `tracing_subscriber`'s text formatter writes it.
+    pub fn render(&mut self, line: &Line, now: SystemTime) -> &str {
+        self.buf.clear();
+        self.clock.write(&mut self.buf, now);
+        text(&mut self.buf, line);
+        &self.buf
+    }
+}
+
+/// The same event through `tracing` (JSON, a terminal, or before `write_by_hand`).
+pub fn through_tracing(line: &Line) {
     tracing::info!(
         target: "access",
         method = %line.method,

@@ -38,10 +38,7 @@ fn through_formatter(line: &Line) -> (String, u64, u64) {
 }
 
 fn by_hand(line: &Line, now: SystemTime) -> String {
-    let mut buf = String::new();
-    Clock::default().write(&mut buf, now);
-    text(&mut buf, line);
-    buf
+    Render::default().render(line, now).to_string()
 }
 
 fn line<'a>(upstream: &'a str, error: Option<&'a str>) -> Line<'a> {
