@@ -10,11 +10,13 @@
 //!   (whole, from a file, or streamed from a channel). Listeners, write buffer, connection
 //!   limits (open connections, request-head deadline, keep-alive, pipelining, open-file
 //!   limit), SIGTERM grace, SIGHUP reload (configuration and TLS pair together). Plain and TLS
-//!   listeners (ALPN h2/http1.1) share one service. On plain HTTP/1 connections `server::h1`
-//!   writes whole responses itself on the socket (head and bytes body in one `sendmsg`,
-//!   disk-tier files and memory-tier memfds with `sendfile`, readiness from tokio); TLS,
-//!   HTTP/2 and streamed bodies go through pingora, with heads built from `http` parts
-//!   (`response_head`).
+//!   listeners (ALPN h2/http1.1) share one service. On plain HTTP/1 connections
+//!   `server::plain` reads bodiless GET/HEAD heads itself with `httparse` (one buffer per
+//!   connection, pipelining, the head deadline and idle wait) and hands anything else to
+//!   pingora with the bytes read put back (`rewind`); `server::h1` writes responses itself on
+//!   the socket (head and bytes body in one `sendmsg`, disk-tier files and memory-tier memfds
+//!   with `sendfile`, readiness from tokio). TLS and HTTP/2 go through pingora, with heads
+//!   built from `http` parts (`response_head`).
 //! - `tls`: the listener's certificate pair and optional client CA, read from PEM files and
 //!   checked when the configuration loads; `Certificates` hands the current pair to each
 //!   handshake, so a reload swaps it without touching open connections.

@@ -15,6 +15,7 @@ mod faults;
 mod floating;
 mod hardening;
 mod helm_clients;
+mod http1;
 mod json_index;
 mod mirror;
 mod oci_api;

@@ -1,6 +1,7 @@
 //! pingora glue, and the only module that names pingora types: one listening service whose
 //! `HttpServerApp` reads a request, hands method, path, query and the few headers the views use
-//! to `App::handle`, and writes the response back.
+//! to `App::handle`, and writes the response back. Plain HTTP/1 connections are read by
+//! `plain` first, which hands pingora whatever it does not take.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::listening::Service;
 
 mod h1;
+mod plain;
 
 use crate::app::App;
 use bytes::Bytes;
@@ -31,7 +33,7 @@ struct Http {
     only: Option<&'static [&'static str]>,
 }
 
-fn header(session: &ServerSession, name: impl http::header::AsHeaderName) -> Option<String> {
+fn header(session: &ServerSession, name: &http::HeaderName) -> Option<String> {
     session
         .req_header()
         .headers
@@ -43,6 +45,39 @@ fn header(session: &ServerSession, name: impl http::header::AsHeaderName) -> Opt
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
+/// The request the views see, from a head read by either path: `header` answers a field by
+/// name (the first of repeated fields; visible ASCII only, else `None`).
+fn request_from(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    header: impl Fn(&http::HeaderName) -> Option<String>,
+    secure: bool,
+    client: Option<std::net::IpAddr>,
+) -> Request {
+    use http::header as h;
+    Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.map(str::to_string),
+        range: header(&h::RANGE).and_then(|r| parse_range_header(&r)),
+        if_range: header(&h::IF_RANGE),
+        if_none_match: header(&h::IF_NONE_MATCH),
+        authorization: header(&h::AUTHORIZATION),
+        request_id: header(&X_REQUEST_ID),
+        page: (path == "/" || path == "/-" || path.starts_with("/-/")).then(|| {
+            Box::new(crate::http::PageHeaders {
+                accept: header(&h::ACCEPT),
+                host: header(&h::HOST),
+                origin: header(&h::ORIGIN),
+                sec_fetch_site: header(&SEC_FETCH_SITE),
+                secure,
+            })
+        }),
+        client,
+    }
+}
+
 /// What became of one request on a connection.
 enum Next {
     /// Answered; the connection may carry another request.
@@ -51,6 +86,17 @@ enum Next {
 }
 
 impl Http {
+    /// The answer to a request read by either path (the metrics listener answers only its
+    /// own paths).
+    async fn answer(&self, req: &Request) -> Response {
+        match self.only {
+            Some(paths) if !paths.contains(&req.path.as_str()) => {
+                Response::new(404).with_body("text/plain", Bytes::from_static(b"not here\n"), false)
+            }
+            _ => self.app.handle(req).await,
+        }
+    }
+
     /// Reads one request head within `request_head_timeout`, answers it, and hands the session
     /// back when the connection can carry another.
     async fn one(&self, mut session: ServerSession, shutdown: &ShutdownWatch) -> Next {
@@ -79,7 +125,10 @@ impl Http {
                 return Next::Close;
             }
         }
-        session.set_keepalive(if *shutdown.borrow() {
+        // pingora has read the client's wish (HTTP/1.1 unless `Connection: close`, HTTP/1.0
+        // only with `Connection: keep-alive`); the idle wait is ours.
+        let wanted = session.get_keepalive().is_some();
+        session.set_keepalive(if *shutdown.borrow() || !wanted {
             None
         } else {
             Some(limits.idle_timeout.as_secs().max(1))
@@ -88,46 +137,30 @@ impl Http {
         // RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
         let missing_host =
             h.version == http::Version::HTTP_11 && h.headers.get(http::header::HOST).is_none();
-        let req = Request {
-            method: h.method.as_str().to_string(),
-            path: h.uri.path().to_string(),
-            query: h.uri.query().map(str::to_string),
-            range: header(&session, http::header::RANGE).and_then(|r| parse_range_header(&r)),
-            if_range: header(&session, http::header::IF_RANGE),
-            if_none_match: header(&session, http::header::IF_NONE_MATCH),
-            authorization: header(&session, http::header::AUTHORIZATION),
-            request_id: header(&session, X_REQUEST_ID),
-            page: (h.uri.path() == "/" || h.uri.path() == "/-" || h.uri.path().starts_with("/-/"))
-                .then(|| {
-                    Box::new(crate::http::PageHeaders {
-                        accept: header(&session, http::header::ACCEPT),
-                        host: header(&session, http::header::HOST)
-                            .or_else(|| h.uri.authority().map(|a| a.to_string())),
-                        origin: header(&session, http::header::ORIGIN),
-                        sec_fetch_site: header(&session, SEC_FETCH_SITE),
-                        secure: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-                    })
-                }),
-            client: session
+        let mut req = request_from(
+            h.method.as_str(),
+            h.uri.path(),
+            h.uri.query(),
+            |name| header(&session, name),
+            session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
+        );
+        if let Some(page) = req.page.as_mut().filter(|p| p.host.is_none()) {
+            page.host = h.uri.authority().map(|a| a.to_string());
+        }
+        let resp = if missing_host {
+            session.set_keepalive(None);
+            Response::new(400).with_body(
+                "text/plain",
+                Bytes::from_static(b"an HTTP/1.1 request needs a Host header\n"),
+                false,
+            )
+        } else {
+            self.answer(&req).await
         };
-        let resp =
-            if missing_host {
-                session.set_keepalive(None);
-                Response::new(400).with_body(
-                    "text/plain",
-                    Bytes::from_static(b"an HTTP/1.1 request needs a Host header\n"),
-                    false,
-                )
-            } else {
-                match self.only {
-                    Some(paths) if !paths.contains(&req.path.as_str()) => Response::new(404)
-                        .with_body("text/plain", Bytes::from_static(b"not here\n"), false),
-                    _ => self.app.handle(&req).await,
-                }
-            };
         if let Err(e) = write(&mut session, resp).await {
             tracing::debug!(error = %e, "could not write response");
             return Next::Close;
@@ -221,6 +254,14 @@ impl ServerApp for Connections {
         let max = self.http.app.limits().max_connections.min(self.ceiling);
         if n > max {
             self.refuse(stream, max).await;
+            return None;
+        }
+        // A plain connection: HTTP/1 read by `plain`, which hands anything else to pingora.
+        if (*stream)
+            .as_any()
+            .is::<pingora::protocols::l4::stream::Stream>()
+        {
+            plain::serve(&self.http, stream, shutdown).await;
             return None;
         }
         // pingora's HTTP handling (HTTP/1, and HTTP/2 when negotiated) from here.
