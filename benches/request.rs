@@ -1,11 +1,10 @@
 //! Micro-benchmarks of the steps every warm request pays, as the load run's profile found them
 //! (`benches/RESULTS.md`): the whole request path without sockets (`App::handle` for a warm
 //! blob, a warm manifest by tag of a registry upstream and of a helm upstream, and a request
-//! that fails at the route), the response head as pingora gets it, the
-//! per-repository link check, digest text, and the access-log line (by hand and through
-//! tracing). A regression here shows in `cargo bench` before
-//! it shows in a load run. Run with `cargo bench --bench request`.
-
+//! that fails at the route), a plain HTTP/1 request head as `server::plain` reads it, the
+//! response head as pingora gets it, the per-repository link check, digest text, and the
+//! access-log line (by hand and through tracing). A regression here shows in `cargo bench`
+//! before it shows in a load run. Run with `cargo bench --bench request`.
 use std::borrow::Cow;
 
 use bytes::Bytes;
@@ -107,6 +106,15 @@ fn benches(c: &mut Criterion) {
             ];
             chartbridge::server::response_head(200, black_box(headers)).unwrap()
         })
+    });
+    // A plain HTTP/1 head as `server::plain` reads it (parse, and the `Request` the views see).
+    let raw = format!(
+        "GET /v2/reg/bench/blobs/blobs/{d} HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n\
+         User-Agent: containerd/2.0.2\r\nAccept: application/vnd.oci.image.layer.v1.tar+gzip, */*\r\n\
+         Accept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n"
+    );
+    c.bench_function("plain_request_head", |b| {
+        b.iter(|| chartbridge::server::request_of(black_box(raw.as_bytes())).map(|r| r.1))
     });
     c.bench_function("link_check_known", |b| {
         b.iter(|| rt.block_on(app.cache().links().has("reg", "bench/blobs", black_box(&d))))

@@ -22,6 +22,8 @@ use pingora::services::listening::Service;
 mod h1;
 mod plain;
 
+pub use plain::request_of;
+
 use crate::app::App;
 use bytes::Bytes;
 

@@ -25,7 +25,7 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::{h1, request_from, write_direct, Http};
-use crate::http::{Body, Response};
+use crate::http::{Body, Request, Response};
 
 /// Largest head read here; a bigger one goes to pingora (which allows 1 MiB).
 const MAX_HEAD: usize = 64 << 10;
@@ -59,14 +59,7 @@ pub(super) async fn serve(http: &Arc<Http>, stream: Stream, shutdown: &ShutdownW
             Read::NotMine => return hand_over(http, stream, &buf, shutdown).await,
         };
         let keepalive = head.keepalive && !*shutdown.borrow();
-        let req = request_from(
-            head.method,
-            Head::text(&buf, head.path.clone()),
-            head.query.clone().map(|q| Head::text(&buf, q)),
-            |name| head.header(&buf, name),
-            false,
-            client,
-        );
+        let req = head.request(&buf, client);
         let is_head = req.is_head();
         let resp = http.answer(&req).await;
         buf.advance(head.len);
@@ -143,9 +136,18 @@ struct Head {
 }
 
 impl Head {
-    fn text(buf: &[u8], r: Range<usize>) -> &str {
+    /// The request the views see, from this head in `buf`.
+    fn request(&self, buf: &[u8], client: Option<std::net::IpAddr>) -> Request {
         // The target was checked to be ASCII.
-        std::str::from_utf8(&buf[r]).unwrap_or_default()
+        let text = |r: &Range<usize>| std::str::from_utf8(&buf[r.clone()]).unwrap_or_default();
+        request_from(
+            self.method,
+            text(&self.path),
+            self.query.as_ref().map(text),
+            |name| self.header(buf, name),
+            false,
+            client,
+        )
     }
 
     fn header(&self, buf: &[u8], name: &http::HeaderName) -> Option<String> {
@@ -170,6 +172,16 @@ const READ_FIELDS: [&str; 9] = [
     "origin",
     "sec-fetch-site",
 ];
+
+/// The request `serve` hands the views for the head at the start of `buf`, and whether the
+/// connection stays open after it; `None` where `serve` would hand the connection to pingora
+/// (or read on, for an incomplete head). For benches and tests.
+pub fn request_of(buf: &[u8]) -> Option<(Request, bool)> {
+    match parse(buf) {
+        Parsed::Head(h) => Some((h.request(buf, None), h.keepalive)),
+        _ => None,
+    }
+}
 
 /// Reads until `buf` holds a whole head, or the deadline passes, or the peer closes.
 async fn read_head(stream: &mut Stream, buf: &mut BytesMut, deadline: Instant) -> Read {
@@ -323,4 +335,62 @@ async fn write_stream(conn: h1::Plain, resp: Response, is_head: bool) -> Result<
         return Err(format!("stream ended after {sent} of {declared} bytes"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_of;
+
+    #[test]
+    fn takes_bodiless_gets_and_heads_and_leaves_the_rest() {
+        let (r, keep) =
+            request_of(b"GET /v2/a/b/blobs/x?ns=docker.io HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\nauthorization: Basic eA==\r\n\r\n").unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("GET", "/v2/a/b/blobs/x")
+        );
+        assert_eq!(r.query.as_deref(), Some("ns=docker.io"));
+        assert_eq!(r.authorization.as_deref(), Some("Basic eA=="));
+        assert!(r.range.is_some() && keep);
+        assert!(
+            request_of(b"HEAD / HTTP/1.1\r\nHost: h\r\nAccept: text/html\r\n\r\n").is_some_and(
+                |(r, _)| r
+                    .page
+                    .is_some_and(|p| p.accept.as_deref() == Some("text/html"))
+            )
+        );
+        for other in [
+            &b"POST /v2/ HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"GET /v2/ HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            b"GET /v2/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /v2/ HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /v2/ HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            b"GET /v2/ HTTP/1.1\r\n\r\n",
+            b"GET http://h/v2/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /v2/a\"b HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /v2/? HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /v2/ HTTP/1.1\r\nHost: h\r\n",
+            b"GET /v2/ HTTP/1.1\r\nHost : h\r\n\r\n",
+        ] {
+            assert!(
+                request_of(other).is_none(),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let keep = |raw: &[u8]| request_of(raw).unwrap().1;
+        assert!(keep(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(!keep(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n"
+        ));
+        assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!keep(
+            b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"
+        ));
+    }
 }
