@@ -42,11 +42,12 @@ pub(super) async fn serve(http: &Arc<Http>, stream: Stream, shutdown: &ShutdownW
     let client = stream
         .get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-    let limits = http.app.limits();
+    // Limits are read where they apply, so a reload reaches open connections.
+    let limits = || http.app.limits();
     let mut stream = stream;
     let mut buf = BytesMut::with_capacity(4096);
     // The first head has `request_head_timeout` from the accept, as on pingora's path.
-    let mut deadline = Instant::now() + limits.request_head_timeout;
+    let mut deadline = Instant::now() + limits().request_head_timeout;
     loop {
         let head = match read_head(&mut stream, &mut buf, deadline).await {
             Read::Head(h) => h,
@@ -82,7 +83,7 @@ pub(super) async fn serve(http: &Arc<Http>, stream: Stream, shutdown: &ShutdownW
         if buf.is_empty() {
             // Wait for the next request's first byte for up to `idle_timeout`; its head then
             // has `request_head_timeout` to arrive whole.
-            match tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut buf)).await {
+            match tokio::time::timeout(limits().idle_timeout, stream.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return,
                 Err(_) => {
@@ -92,7 +93,7 @@ pub(super) async fn serve(http: &Arc<Http>, stream: Stream, shutdown: &ShutdownW
             }
         }
         // A pipelined request already read has its head deadline from now.
-        deadline = Instant::now() + limits.request_head_timeout;
+        deadline = Instant::now() + limits().request_head_timeout;
     }
 }
 
