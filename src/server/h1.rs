@@ -3,9 +3,9 @@
 //! On a plain connection chartbridge writes a complete response itself (after `plain` or
 //! pingora read the request), on the connection's descriptor: the head and a bytes body leave
 //! in one `sendmsg` without first being copied into pingora's write buffer, and a blob from the
-//! disk tier goes out with `sendfile` from the page cache after its head (`MSG_MORE` keeps them in the same segments). When the socket is full,
-//! the wait for it to drain comes from tokio's reactor (a duplicate of the descriptor registered
-//! for writability), never a busy loop. TLS and HTTP/2 connections keep pingora's buffered
+//! disk tier goes out with `sendfile` from the page cache after its head (`MSG_MORE` keeps them
+//! in the same segments). When the socket is full, the wait for it to drain comes from tokio's
+//! reactor (a duplicate of the descriptor registered for writability), never a busy loop. TLS and HTTP/2 connections keep pingora's buffered
 //! path, and so do streamed bodies of requests pingora read.
 
 use std::borrow::Cow;

@@ -258,16 +258,10 @@ impl ServerApp for Connections {
             self.refuse(stream, max).await;
             return None;
         }
-        // A plain connection: HTTP/1 read by `plain`, which hands anything else to pingora.
-        if (*stream)
-            .as_any()
-            .is::<pingora::protocols::l4::stream::Stream>()
-        {
-            plain::serve(&self.http, stream, shutdown).await;
-            return None;
-        }
-        // pingora's HTTP handling (HTTP/1, and HTTP/2 when negotiated) from here.
-        ServerApp::process_new(&self.http, stream, shutdown).await
+        // A plain connection is read by `plain`, which hands anything else (TLS, HTTP/2, the
+        // requests it does not take) to pingora's HTTP handling.
+        plain::serve(&self.http, stream, shutdown).await;
+        None
     }
 }
 

@@ -33,7 +33,7 @@ const MAX_HEAD: usize = 64 << 10;
 const MAX_FIELDS: usize = 64;
 
 /// Serves a plain HTTP/1 connection until it closes, handing it to pingora at the first
-/// request this module does not take.
+/// request this module does not take; any other connection (TLS) goes to pingora at once.
 pub(super) async fn serve(http: &Arc<Http>, stream: Stream, shutdown: &ShutdownWatch) {
     let fd = match (*stream).as_any().downcast_ref::<L4>() {
         Some(l4) => std::os::fd::AsRawFd::as_raw_fd(l4),
@@ -132,8 +132,8 @@ struct Head {
     path: Range<usize>,
     query: Option<Range<usize>>,
     keepalive: bool,
-    /// (lower-case name, value range in the buffer) of the fields the views read.
-    fields: Vec<(&'static str, Range<usize>)>,
+    /// (name, value) of every field but `Connection`, as ranges of the buffer.
+    fields: Vec<(Range<usize>, Range<usize>)>,
 }
 
 impl Head {
@@ -151,8 +151,13 @@ impl Head {
         )
     }
 
+    /// The first field named `name`, as `HeaderMap::get` answers.
     fn header(&self, buf: &[u8], name: &http::HeaderName) -> Option<String> {
-        let (_, range) = self.fields.iter().find(|(n, _)| *n == name.as_str())?;
+        let wanted = name.as_str().as_bytes();
+        let (_, range) = self
+            .fields
+            .iter()
+            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(wanted))?;
         // What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
         let v = &buf[range.clone()];
         v.iter()
@@ -160,19 +165,6 @@ impl Head {
             .then(|| String::from_utf8_lossy(v).into_owned())
     }
 }
-
-/// The fields `request_from` asks for.
-const READ_FIELDS: [&str; 9] = [
-    "range",
-    "if-range",
-    "if-none-match",
-    "authorization",
-    "x-request-id",
-    "accept",
-    "host",
-    "origin",
-    "sec-fetch-site",
-];
 
 /// The request `serve` hands the views for the head at the start of `buf`, and whether the
 /// connection stays open after it; `None` where `serve` would hand the connection to pingora
@@ -220,8 +212,8 @@ enum Parsed {
 }
 
 fn parse(buf: &[u8]) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut fields);
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut parsed);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
@@ -239,19 +231,19 @@ fn parse(buf: &[u8]) -> Parsed {
         return Parsed::NotMine;
     }
     let base = buf.as_ptr() as usize;
-    let at = |s: &str| {
+    let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
         start..start + s.len()
     };
     let (path, query) = match target.split_once('?') {
         Some((_, "")) => return Parsed::NotMine,
-        Some((p, q)) => (at(p), Some(at(q))),
-        None => (at(target), None),
+        Some((p, q)) => (at(p.as_bytes()), Some(at(q.as_bytes()))),
+        None => (at(target.as_bytes()), None),
     };
     let mut close = false;
     let mut keep = false;
     let mut host = false;
-    let mut wanted = Vec::new();
+    let mut fields = Vec::with_capacity(req.headers.len());
     for f in req.headers.iter() {
         let name = f.name;
         let eq = |n: &str| name.eq_ignore_ascii_case(n);
@@ -272,13 +264,7 @@ fn parse(buf: &[u8]) -> Parsed {
             continue;
         }
         host |= eq("host");
-        if let Some(n) = READ_FIELDS.iter().find(|n| eq(n)) {
-            // The first of repeated fields, as `HeaderMap::get` answers.
-            if !wanted.iter().any(|(w, _)| w == n) {
-                let start = f.value.as_ptr() as usize - base;
-                wanted.push((*n, start..start + f.value.len()));
-            }
-        }
+        fields.push((at(name.as_bytes()), at(f.value)));
     }
     let keepalive = match version {
         1 => !close,
@@ -295,7 +281,7 @@ fn parse(buf: &[u8]) -> Parsed {
         path,
         query,
         keepalive,
-        fields: wanted,
+        fields,
     })
 }
 

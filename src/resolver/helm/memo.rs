@@ -6,7 +6,7 @@ use super::*;
 /// `MANIFEST_MEMO` entries.
 #[derive(Default)]
 pub struct ManifestMemo {
-    pub(super) by_chart: HashMap<String, HashMap<String, TagManifest>>,
+    by_chart: HashMap<String, HashMap<String, TagManifest>>,
     pub(super) len: usize,
 }
 
